@@ -1,0 +1,291 @@
+"""Typed experiment configuration: TOML in and out, ``--set key=value`` overrides, validation.
+
+Every problem is reported as a one-line :class:`FedquadError` naming the key, the bad value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import tomllib
+
+from fedquad.errors import FedquadError
+
+METHODS = ("fedlora",)
+ENGINES = ("local",)
+PARTITIONS = ("iid", "dirichlet", "shards")
+OPTIMIZERS = ("adamw", "sgd")
+WEIGHTINGS = ("samples", "uniform")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"
+    """Built-in name (minilm, smollm2-135m), a local model directory, or a hub id."""
+    max_length: int = 64
+    """Tokens per example (truncated / padded)."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fine-foods"
+    """Built-in name (fine-foods, sst2), a local CSV/TSV/JSONL/Parquet file or directory,
+    or a Hugging Face dataset name."""
+    text_column: str | None = None
+    label_column: str | None = None
+    test_fraction: float = 0.2
+    """Hold-out fraction when the dataset has no test split."""
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    partition: str = "dirichlet"
+    """How the training set is split across devices: iid, dirichlet (label skew) or shards."""
+    alpha: float = 1.0
+    """Dirichlet concentration: smaller means more label skew."""
+    shards_per_partition: int = 2
+    min_partition_size: int = 10
+
+
+@dataclass
+class LoraConfig:
+    depth: int | None = None
+    """Global LoRA depth D: the top D blocks carry LoRA (default: every block)."""
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    ranks: list[int] | None = None
+    """Per-block rank distribution from the output: ranks[0] is block L-1. Overrides `rank`."""
+
+
+@dataclass
+class TrainConfig:
+    local_steps: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    head_lr: float | None = None
+    """Learning rate of the task head (default: `lr`)."""
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    frozen_prefix_eval: bool = True
+    """Run the embeddings and the frozen blocks below a device's span without dropout: they are
+    not trained on that device, and CPU dropout masks are a large share of a step."""
+    eval_batch_size: int = 64
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = 20
+    num_devices: int = 20
+    devices_per_round: int = 5
+    eval_every: int = 1
+    weighting: str = "samples"
+    """Aggregation weights: by sample count, or uniform."""
+
+
+@dataclass
+class ExperimentConfig:
+    method: str = "fedlora"
+    engine: str = "local"
+    seed: int = 0
+    output_dir: str = "runs"
+    """Each run writes into a fresh sub-directory of this one."""
+    run_name: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _drop_none(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def validate(self) -> ExperimentConfig:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("engine", self.engine, ENGINES)
+        _check_choice("data.partition", self.data.partition, PARTITIONS)
+        _check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
+        _check_choice("federation.weighting", self.federation.weighting, WEIGHTINGS)
+        for key, value in [
+            ("model.max_length", self.model.max_length),
+            ("lora.rank", self.lora.rank),
+            ("train.local_steps", self.train.local_steps),
+            ("train.batch_size", self.train.batch_size),
+            ("train.eval_batch_size", self.train.eval_batch_size),
+            ("federation.rounds", self.federation.rounds),
+            ("federation.num_devices", self.federation.num_devices),
+            ("federation.devices_per_round", self.federation.devices_per_round),
+            ("federation.eval_every", self.federation.eval_every),
+            ("data.shards_per_partition", self.data.shards_per_partition),
+        ]:
+            _check_positive(key, value)
+        for key, opt in [
+            ("lora.depth", self.lora.depth),
+            ("data.max_train_samples", self.data.max_train_samples),
+            ("data.max_test_samples", self.data.max_test_samples),
+        ]:
+            if opt is not None:
+                _check_positive(key, opt)
+        for key, value in [("train.lr", self.train.lr), ("data.alpha", self.data.alpha)]:
+            if not value > 0:
+                raise FedquadError(f"{key} = {value!r} is not allowed: use a number > 0")
+        if self.train.head_lr is not None and not self.train.head_lr > 0:
+            raise FedquadError(f"train.head_lr = {self.train.head_lr!r}: use a number > 0")
+        if not 0 < self.data.test_fraction < 1:
+            raise FedquadError(
+                f"data.test_fraction = {self.data.test_fraction!r}: use a number between 0 and 1"
+            )
+        if not 0 <= self.lora.dropout < 1:
+            raise FedquadError(f"lora.dropout = {self.lora.dropout!r}: use a number in [0, 1)")
+        if self.data.min_partition_size < 0:
+            raise FedquadError(
+                f"data.min_partition_size = {self.data.min_partition_size}: use a number >= 0"
+            )
+        if self.lora.ranks is not None:
+            if not self.lora.ranks or any(r < 1 for r in self.lora.ranks):
+                raise FedquadError(
+                    f"lora.ranks = {self.lora.ranks!r}: use a non-empty list of ranks >= 1"
+                )
+            if self.lora.depth is not None and len(self.lora.ranks) != self.lora.depth:
+                raise FedquadError(
+                    f"lora.ranks has {len(self.lora.ranks)} entries but lora.depth = "
+                    f"{self.lora.depth}: give one rank per LoRA block"
+                )
+        if self.federation.devices_per_round > self.federation.num_devices:
+            raise FedquadError(
+                f"federation.devices_per_round = {self.federation.devices_per_round} is more than "
+                f"federation.num_devices = {self.federation.num_devices}"
+            )
+        return self
+
+
+def _drop_none(value: Any) -> Any:
+    # TOML has no null: unset options are simply left out.
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise FedquadError(f"{key} = {value!r} is not allowed: use one of {', '.join(allowed)}")
+
+
+def _check_positive(key: str, value: int) -> None:
+    if value < 1:
+        raise FedquadError(f"{key} = {value!r} is not allowed: use a whole number >= 1")
+
+
+# --------------------------------------------------------------------------- building from dicts
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key(key: str, allowed: list[str]) -> FedquadError:
+    hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=1)
+    tail = f" (did you mean '{hint[0]}'?)" if hint else f"; known keys: {', '.join(allowed)}"
+    return FedquadError(f"unknown config key '{key}'{tail}")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise FedquadError(f"{key} = {value!r}: expected a list")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise FedquadError(f"{key} = {value!r}: expected {hint.__name__}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = _field_types(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise _unknown_key(full, sorted(hints))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise FedquadError(f"{full} must be a table of options, got {value!r}")
+            kwargs[key] = _build(hint, value, f"{full}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(full, value, hint)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    config: ExperimentConfig = _build(ExperimentConfig, data, "")
+    return config.validate()
+
+
+def _parse_value(text: str) -> Any:
+    # Values are TOML literals (numbers, booleans, lists, quoted strings); else a string.
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys for sections) to a raw config dict."""
+    data = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise FedquadError(f"--set {item!r}: write it as key=value, e.g. federation.rounds=5")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FedquadError(f"--set {item!r}: '{part}' is not a section")
+        node[parts[-1]] = _parse_value(text.strip())
+    return data
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise FedquadError(f"config file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FedquadError(f"config file '{path}' cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FedquadError(f"config file '{path}' is not valid TOML: {exc}") from None
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """The config from an optional TOML file with ``key=value`` overrides applied on top."""
+    data = read_toml(path) if path is not None else {}
+    return from_dict(apply_overrides(data, overrides or []))

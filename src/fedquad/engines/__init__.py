@@ -1,0 +1,1 @@
+"""Executors that carry the round's messages to the clients."""

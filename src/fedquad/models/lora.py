@@ -1,0 +1,167 @@
+"""LoRA structure (global depth ``D``, per-block ranks) on a PEFT model, and per-device depth.
+
+Blocks are indexed ``0 … L-1`` from the input (the Hugging Face order). The top ``D`` blocks carry
+LoRA; a device with depth ``d`` trains the LoRA of blocks ``L-d … L-1`` plus the task head, and
+nothing below its span requires grad, so autograd stores nothing there and backward stops at
+the cut.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from fedquad.errors import FedquadError
+from fedquad.models.registry import ModelParts
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoraStructure:
+    """Which blocks carry LoRA and with which rank."""
+
+    num_blocks: int
+    ranks: tuple[int, ...]
+    """Rank distribution from the output: ``ranks[0]`` is block ``L-1``; ``len(ranks) == D``."""
+    alpha: float = 16.0
+    dropout: float = 0.05
+
+    @property
+    def depth(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def lora_blocks(self) -> range:
+        return range(self.num_blocks - self.depth, self.num_blocks)
+
+    def rank_of(self, block: int) -> int:
+        return self.ranks[self.num_blocks - 1 - block]
+
+    def span(self, depth: int) -> range:
+        """Blocks a device of this depth trains."""
+        self.check_depth(depth)
+        return range(self.num_blocks - depth, self.num_blocks)
+
+    def check_depth(self, depth: int) -> None:
+        if not 1 <= depth <= self.depth:
+            raise FedquadError(
+                f"device depth {depth} is not allowed: use 1 to the global LoRA depth {self.depth}"
+            )
+
+
+def build_structure(
+    num_blocks: int,
+    depth: int | None = None,
+    rank: int = 8,
+    ranks: list[int] | None = None,
+    alpha: float = 16.0,
+    dropout: float = 0.05,
+) -> LoraStructure:
+    """A structure from the config: uniform ``rank`` unless a per-block ``ranks`` list is given."""
+    if ranks is not None:
+        depth = len(ranks) if depth is None else depth
+    depth = num_blocks if depth is None else depth
+    if not 1 <= depth <= num_blocks:
+        raise FedquadError(
+            f"lora.depth = {depth} is not allowed: the model has {num_blocks} blocks, "
+            f"use 1 to {num_blocks}"
+        )
+    if ranks is not None and len(ranks) != depth:
+        raise FedquadError(
+            f"lora.ranks has {len(ranks)} entries: give one per LoRA block ({depth})"
+        )
+    chosen = tuple(ranks) if ranks is not None else (rank,) * depth
+    return LoraStructure(num_blocks=num_blocks, ranks=chosen, alpha=alpha, dropout=dropout)
+
+
+def block_linear_targets(parts: ModelParts) -> list[str]:
+    """Dotted names (relative to a block) of every linear module of a block: the LoRA targets."""
+    return sorted(
+        name
+        for name, module in parts.blocks[0].named_modules()
+        # a block already wrapped by PEFT holds its own LoRA linears: those are not targets
+        if isinstance(module, nn.Linear) and "lora_" not in name and "base_layer" not in name
+    )
+
+
+def attach_lora(model: nn.Module, parts: ModelParts, structure: LoraStructure) -> PeftModel:
+    """Wrap ``model`` with PEFT LoRA on the top ``D`` blocks, per-block ranks, trainable head."""
+    prefix = re.escape(parts.block_prefix)
+    rank_pattern = {
+        rf"{prefix}\.{block}\..*": structure.rank_of(block) for block in structure.lora_blocks
+    }
+    config = LoraConfig(
+        r=structure.ranks[0],
+        lora_alpha=structure.alpha,
+        lora_dropout=structure.dropout,
+        target_modules=block_linear_targets(parts),
+        layers_to_transform=list(structure.lora_blocks),
+        layers_pattern=parts.block_prefix.rsplit(".", 1)[-1],
+        rank_pattern=rank_pattern,
+        modules_to_save=list(parts.head_names) or None,
+    )
+    peft_model = get_peft_model(model, config)  # type: ignore[arg-type]
+    return peft_model  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- named LoRA state
+
+
+def _block_regex(parts: ModelParts) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(parts.block_prefix)}\.(\d+)\.")
+
+
+def block_of(name: str, parts: ModelParts) -> int | None:
+    """Block index of a parameter name, or None outside the blocks (e.g. the head)."""
+    match = _block_regex(parts).search(name)
+    return int(match.group(1)) if match else None
+
+
+def is_lora_param(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def is_head_param(name: str) -> bool:
+    return ".modules_to_save." in name
+
+
+def federated_param_names(model: nn.Module) -> list[str]:
+    """Names of everything the federation exchanges: all LoRA tensors and the head."""
+    return [n for n, _ in model.named_parameters() if is_lora_param(n) or is_head_param(n)]
+
+
+def get_state(model: nn.Module, names: list[str] | None = None) -> State:
+    """A detached copy of the named federated tensors (all of them by default)."""
+    params = dict(model.named_parameters())
+    wanted = federated_param_names(model) if names is None else names
+    return {n: params[n].detach().clone() for n in wanted}
+
+
+def load_state(model: nn.Module, state: State) -> None:
+    """Copy tensors into the model's parameters in place (the base model stays shared)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def span_param_names(model: nn.Module, parts: ModelParts, span: range) -> list[str]:
+    """The LoRA tensors of the blocks in ``span`` plus the head: what a device trains, uploads."""
+    names = []
+    for name in federated_param_names(model):
+        block = block_of(name, parts)
+        if is_head_param(name) or (block is not None and block in span):
+            names.append(name)
+    return names
+
+
+def set_trainable(model: nn.Module, names: list[str]) -> None:
+    """Exactly ``names`` require grad; everything else (base, LoRA below the span) is frozen."""
+    wanted = set(names)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in wanted)

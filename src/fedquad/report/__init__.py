@@ -1,0 +1,1 @@
+"""Results on disk: resolved config, per-round metrics, summary, final adapter."""

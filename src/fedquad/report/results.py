@@ -1,0 +1,82 @@
+"""The results directory of one run.
+
+``config.toml`` (resolved), ``metrics.jsonl`` (one line per round, flushed as it is written),
+``summary.json`` and the final adapter in PEFT format under ``adapter/``. Files are written
+atomically (temporary file + rename), so a crash never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fedquad.errors import FedquadError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """A fresh directory ``output_dir/name`` (``-2``, ``-3`` … appended if taken)."""
+    root = Path(output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            path = root / (name if n == 1 else f"{name}-{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise FedquadError(f"output_dir '{root}' cannot be written: {exc.strerror}") from None
+    raise FedquadError(f"output_dir '{root}' has too many runs named {name!r}")
+
+
+def default_run_name(method: str, data: str, model: str, seed: int) -> str:
+    def tidy(s: str) -> str:
+        return Path(s).stem.replace("/", "_") or "data"
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{method}-{tidy(data)}-{tidy(model)}-s{seed}"
+
+
+class RunWriter:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+
+    def write_config(self, toml_text: str) -> None:
+        atomic_write_text(self.dir / "config.toml", toml_text)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.dir / "adapter"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,1 @@
+"""Server side: the round loop, written once against the executor interface."""

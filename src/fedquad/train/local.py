@@ -1,0 +1,173 @@
+"""Local training on one device: ``τ`` steps of the LoRA span (and head) chosen by its config."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedquad.models.lora import LoraStructure, State, get_state, set_trainable, span_param_names
+from fedquad.models.registry import ModelParts
+from fedquad.train.quantizer import QuantSpec
+from fedquad.train.saved_tensors import SavedBytes, SavedTensorMeter
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """What the server tells a device to do this round: ``c_i = (d_i, q_i, ranks_i)``."""
+
+    depth: int
+    quantized: int = 0
+    """``q``: how many of the span's blocks have their saved activations quantized."""
+    bits: int = 8
+    quant_position: str = "bottom"
+    """``bottom``: the lowest ``q`` blocks of the span; ``top``: the highest."""
+
+    def quantized_blocks(self, num_blocks: int) -> list[int]:
+        span = list(range(num_blocks - self.depth, num_blocks))
+        if self.quant_position == "top":
+            return span[len(span) - self.quantized :]
+        return span[: self.quantized]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    local_steps: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    head_lr: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    frozen_prefix_eval: bool = True
+    group_size: int = 128
+    min_quant_numel: int = 1024
+
+
+@dataclass
+class TrainResult:
+    tensors: State
+    """The tensors this device trained: its span's LoRA and the head."""
+    num_samples: int
+    loss: float
+    step_seconds: list[float]
+    saved: SavedBytes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def measurements(self) -> dict[str, Any]:
+        return {
+            "loss": self.loss,
+            "step_seconds": self.step_seconds,
+            "median_step_seconds": statistics.median(self.step_seconds),
+            "saved_bytes": self.saved.as_dict(),
+            "peak_saved_bytes": self.saved.total,
+            **self.extra,
+        }
+
+
+def set_modes(model: nn.Module, parts: ModelParts, span: range, frozen_prefix_eval: bool) -> None:
+    """Train mode for the span and the head; the frozen prefix without dropout when asked."""
+    model.train()
+    if frozen_prefix_eval:
+        parts.embeddings.eval()
+        for index in range(span.start):
+            parts.blocks[index].eval()
+
+
+def _batches(
+    data: dict[str, torch.Tensor], batch_size: int, steps: int, generator: torch.Generator
+) -> list[dict[str, torch.Tensor]]:
+    """``steps`` batches drawn by reshuffled passes over the device's samples."""
+    n = len(data["labels"])
+    order: list[int] = []
+    while len(order) < steps * batch_size:
+        order.extend(torch.randperm(n, generator=generator).tolist())
+    out = []
+    for s in range(steps):
+        idx = torch.tensor(order[s * batch_size : (s + 1) * batch_size])
+        out.append({k: v[idx] for k, v in data.items()})
+    return out
+
+
+def _optimizer(
+    model: nn.Module, names: list[str], settings: TrainSettings
+) -> torch.optim.Optimizer:
+    params = dict(model.named_parameters())
+    head = [params[n] for n in names if ".modules_to_save." in n]
+    lora = [params[n] for n in names if ".modules_to_save." not in n]
+    groups = [{"params": lora, "lr": settings.lr}]
+    if head:
+        groups.append({"params": head, "lr": settings.head_lr or settings.lr})
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def train_local(
+    model: nn.Module,
+    parts: ModelParts,
+    structure: LoraStructure,
+    data: dict[str, torch.Tensor],
+    config: DeviceConfig,
+    settings: TrainSettings,
+    seed: int,
+) -> TrainResult:
+    """Train the device's span for ``settings.local_steps`` steps from the model's current state.
+
+    ``data`` holds the device's tokenized samples (``input_ids``, ``attention_mask``, ``labels``).
+    The caller loads the global state first; the model is left with the trained values.
+    """
+    span = structure.span(config.depth)
+    names = span_param_names(model, parts, span)
+    set_trainable(model, names)
+    set_modes(model, parts, span, settings.frozen_prefix_eval)
+    optimizer = _optimizer(model, names, settings)
+    generator = torch.Generator().manual_seed(seed)
+    quant_generator = torch.Generator().manual_seed(seed + 1)
+    frozen = [p for p in model.parameters()]
+    losses, seconds = [], []
+    saved = SavedBytes()
+    for batch in _batches(data, settings.batch_size, settings.local_steps, generator):
+        start = time.perf_counter()
+        meter = SavedTensorMeter(
+            parts.blocks,
+            frozen,
+            quantized_blocks=config.quantized_blocks(structure.num_blocks),
+            spec=QuantSpec(bits=config.bits, group_size=settings.group_size),
+            generator=quant_generator,
+            min_numel=settings.min_quant_numel,
+        )
+        with meter:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - start)
+        losses.append(loss.item())
+        saved = meter.saved
+    model.eval()
+    set_trainable(model, [])
+    return TrainResult(
+        tensors=get_state(model, names),
+        num_samples=len(data["labels"]),
+        loss=statistics.fmean(losses),
+        step_seconds=seconds,
+        saved=saved,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
+    """Accuracy and mean loss of the model on tokenized samples."""
+    model.eval()
+    n = len(data["labels"])
+    correct, loss_sum = 0, 0.0
+    for start in range(0, n, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in data.items()}
+        out = model(**batch)
+        loss_sum += out.loss.item() * len(batch["labels"])
+        correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+    return {"accuracy": correct / n, "loss": loss_sum / n}

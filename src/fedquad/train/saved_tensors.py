@@ -1,0 +1,148 @@
+"""Per-block accounting (and optional quantization) of the tensors autograd saves for backward.
+
+One ``saved_tensors_hooks`` context is entered around each block's forward (module pre/post
+hooks), so every tensor saved inside block ``l`` goes through block ``l``'s pack hook. The hook
+
+- skips parameters and views of parameters (frozen weights included) by comparing storages,
+- counts the bytes really held, once per storage (a storage saved twice is held once),
+- quantizes floating tensors of the chosen blocks (codes + scales are what is then held).
+
+Tensors saved outside every block (embeddings, head, loss) are counted under ``head``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedquad.train.quantizer import QuantizedTensor, QuantSpec, quantize
+
+HEAD = -1  # bucket for tensors saved outside the blocks
+
+
+def storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+@dataclass
+class SavedBytes:
+    """What one forward pass saved for backward."""
+
+    per_block: dict[int, int] = field(default_factory=dict)
+    """Bytes held per block index (``-1``: outside the blocks: embeddings, head, loss)."""
+    unquantized_per_block: dict[int, int] = field(default_factory=dict)
+    """What the same tensors would have held without quantization."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_block.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "per_block": {str(k): v for k, v in sorted(self.per_block.items())},
+            "unquantized_per_block": {
+                str(k): v for k, v in sorted(self.unquantized_per_block.items())
+            },
+            "total": self.total,
+        }
+
+
+class SavedTensorMeter:
+    """Context manager: measure (and optionally quantize) saved tensors per block.
+
+    Use one ``with`` block per forward+backward step; ``saved`` then holds that step's bytes.
+    """
+
+    def __init__(
+        self,
+        blocks: nn.ModuleList,
+        params: Iterable[torch.Tensor],
+        quantized_blocks: Iterable[int] = (),
+        spec: QuantSpec | None = None,
+        generator: torch.Generator | None = None,
+        min_numel: int = 1024,
+    ) -> None:
+        self.blocks = blocks
+        self.param_storages = {storage_key(p) for p in params}
+        self.quantized_blocks = set(quantized_blocks)
+        self.spec = spec or QuantSpec()
+        self.generator = generator
+        self.min_numel = min_numel
+        self.saved = SavedBytes()
+        self._seen: set[int] = set()
+        # storage -> quantized handle, so a tensor saved by several ops is compressed once
+        self._quantized: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], Any] = {}
+        self._stack: list[Any] = []
+        self._handles: list[Any] = []
+
+    # ---- hooks
+    def _pack_for(self, block: int) -> Any:
+        quantize_here = block in self.quantized_blocks
+
+        def pack(t: torch.Tensor) -> Any:
+            key = storage_key(t)
+            if key in self.param_storages:
+                return t
+            nbytes = t.untyped_storage().nbytes()
+            if quantize_here and self._quantizable(t):
+                qkey = (key, t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+                handle = self._quantized.get(qkey)
+                if handle is None:
+                    handle = quantize(t.detach(), self.spec, self.generator)
+                    self._quantized[qkey] = handle
+                    self._count(block, handle.nbytes, t.numel() * t.element_size())
+                return handle
+            if key not in self._seen:
+                self._seen.add(key)
+                self._count(block, nbytes, nbytes)
+            return t
+
+        return pack
+
+    def _quantizable(self, t: torch.Tensor) -> bool:
+        return t.is_floating_point() and t.numel() >= self.min_numel
+
+    @staticmethod
+    def _unpack(packed: Any) -> torch.Tensor:
+        if isinstance(packed, QuantizedTensor):
+            return packed.dequantize()
+        return packed
+
+    def _count(self, block: int, held: int, unquantized: int) -> None:
+        self.saved.per_block[block] = self.saved.per_block.get(block, 0) + held
+        self.saved.unquantized_per_block[block] = (
+            self.saved.unquantized_per_block.get(block, 0) + unquantized
+        )
+
+    def _enter(self, block: int) -> None:
+        ctx = torch.autograd.graph.saved_tensors_hooks(self._pack_for(block), self._unpack)
+        ctx.__enter__()
+        self._stack.append(ctx)
+
+    def _exit(self) -> None:
+        self._stack.pop().__exit__(None, None, None)
+
+    # ---- context protocol
+    def __enter__(self) -> SavedTensorMeter:
+        self.saved = SavedBytes()
+        self._seen.clear()
+        self._quantized.clear()
+        self._enter(HEAD)
+        for index, block in enumerate(self.blocks):
+            self._handles.append(
+                block.register_forward_pre_hook(lambda *_, i=index: self._enter(i))
+            )
+            self._handles.append(block.register_forward_hook(lambda *_: self._exit()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        while self._stack:  # also unwinds contexts left open by an exception inside a block
+            self._exit()
+        self._quantized.clear()

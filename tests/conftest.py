@@ -1,0 +1,40 @@
+"""Shared fixtures: the embedded MiniLM with LoRA, small tokenized batches, quiet offline hub."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Model conversions land in one session-wide cache, never the user's.
+    monkeypatch.setenv("FEDQUAD_CACHE", str(tmp_path_factory.getbasetemp() / "fedquad-cache"))
+
+
+def make_batch(n: int = 8, seq: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(1000, 5000, (n, seq), generator=g),
+        "attention_mask": torch.ones(n, seq, dtype=torch.long),
+        "labels": torch.randint(0, 2, (n,), generator=g),
+    }
+
+
+@pytest.fixture
+def minilm_lora():
+    """MiniLM classifier (2 labels), LoRA on all 6 blocks: (model, parts, structure)."""
+    from fedquad.models.lora import attach_lora, build_structure
+    from fedquad.models.registry import describe_model, load_sequence_classifier
+
+    torch.manual_seed(0)
+    model = load_sequence_classifier("minilm", num_labels=2)
+    parts = describe_model(model)
+    structure = build_structure(parts.num_blocks, ranks=[8, 8, 4, 4, 2, 2])
+    return attach_lora(model, parts, structure), parts, structure
