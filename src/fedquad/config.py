@@ -24,6 +24,8 @@ ENGINES = ("local",)
 PARTITIONS = ("iid", "dirichlet", "shards")
 OPTIMIZERS = ("adamw", "sgd")
 WEIGHTINGS = ("samples", "uniform")
+QUANT_POSITIONS = ("bottom", "top")
+QUANT_BITS = (8, 4, 2)
 
 
 @dataclass
@@ -80,6 +82,22 @@ class TrainConfig:
 
 
 @dataclass
+class QuantConfig:
+    """Activation quantization of the tensors saved for backward (METHODS.md §2)."""
+
+    bits: int = 8
+    """8, 4 or 2 bits per code."""
+    group_size: int = 128
+    position: str = "bottom"
+    """Which blocks of a device's span are quantized: the lowest q (bottom) or the highest (top)."""
+    min_numel: int = 1024
+    """Tensors smaller than this are kept as they are."""
+    blocks: int = 0
+    """q for methods that do not choose it per device (fedlora): quantize this many blocks of
+    every device's span (capped at its depth)."""
+
+
+@dataclass
 class FederationConfig:
     rounds: int = 20
     num_devices: int = 20
@@ -101,6 +119,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +134,16 @@ class ExperimentConfig:
         _check_choice("data.partition", self.data.partition, PARTITIONS)
         _check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         _check_choice("federation.weighting", self.federation.weighting, WEIGHTINGS)
+        _check_choice("quant.position", self.quant.position, QUANT_POSITIONS)
+        if self.quant.bits not in QUANT_BITS:
+            raise FedquadError(f"quant.bits = {self.quant.bits!r} is not allowed: use 8, 4 or 2")
+        _check_positive("quant.group_size", self.quant.group_size)
+        for key, value in [
+            ("quant.blocks", self.quant.blocks),
+            ("quant.min_numel", self.quant.min_numel),
+        ]:
+            if value < 0:
+                raise FedquadError(f"{key} = {value!r} is not allowed: use a whole number >= 0")
         for key, value in [
             ("model.max_length", self.model.max_length),
             ("lora.rank", self.lora.rank),
@@ -135,9 +164,9 @@ class ExperimentConfig:
         ]:
             if opt is not None:
                 _check_positive(key, opt)
-        for key, value in [("train.lr", self.train.lr), ("data.alpha", self.data.alpha)]:
-            if not value > 0:
-                raise FedquadError(f"{key} = {value!r} is not allowed: use a number > 0")
+        for key, number in [("train.lr", self.train.lr), ("data.alpha", self.data.alpha)]:
+            if not number > 0:
+                raise FedquadError(f"{key} = {number!r} is not allowed: use a number > 0")
         if self.train.head_lr is not None and not self.train.head_lr > 0:
             raise FedquadError(f"train.head_lr = {self.train.head_lr!r}: use a number > 0")
         if not 0 < self.data.test_fraction < 1:

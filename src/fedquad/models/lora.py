@@ -97,7 +97,7 @@ def attach_lora(model: nn.Module, parts: ModelParts, structure: LoraStructure) -
     }
     config = LoraConfig(
         r=structure.ranks[0],
-        lora_alpha=structure.alpha,
+        lora_alpha=structure.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
         lora_dropout=structure.dropout,
         target_modules=block_linear_targets(parts),
         layers_to_transform=list(structure.lora_blocks),
@@ -105,8 +105,7 @@ def attach_lora(model: nn.Module, parts: ModelParts, structure: LoraStructure) -
         rank_pattern=rank_pattern,
         modules_to_save=list(parts.head_names) or None,
     )
-    peft_model = get_peft_model(model, config)  # type: ignore[arg-type]
-    return peft_model  # type: ignore[return-value]
+    return get_peft_model(model, config)
 
 
 # --------------------------------------------------------------------------- named LoRA state

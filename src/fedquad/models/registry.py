@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -95,7 +94,13 @@ def _locate(name: str) -> tuple[str, str]:
         return str(_minilm_dir()), "builtin"
     if name == "smollm2-135m":
         final = cache_dir() / "models" / name
-        return str(_install_once(final, _convert_smollm2)), "builtin"
+        try:
+            return str(_install_once(final, _convert_smollm2)), "builtin"
+        except OSError as exc:  # unwritable cache, disk full, ...
+            raise FedquadError(
+                f"could not prepare built-in model '{name}' in {final} ({_short_reason(exc)}); "
+                "set FEDQUAD_CACHE to a writable directory with ~600 MB free"
+            ) from exc
     local = os.path.expanduser(name)
     if name and os.path.isdir(local):
         return local, "local"
@@ -143,6 +148,8 @@ def _convert_smollm2(dest: Path) -> None:
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    # The GGUF tokenizer has no length limit (1e30 sentinel); use the model's context size.
+    tokenizer.model_max_length = model.config.max_position_embeddings
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 
@@ -190,7 +197,9 @@ def _install_once(final: Path, build: Callable[[Path], None]) -> Path:
         if _is_complete(final):  # another process finished while we waited for the lock
             return final
         _remove_stale_tmp_dirs(parent, final.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+        # Not tempfile.mkdtemp: its 0700 mode would outlive the rename; mkdir honours the umask.
+        tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
         try:
             build(tmp)
             marker = {"name": final.name, "created": time.time()}
@@ -246,7 +255,7 @@ def _offline_env() -> bool:
 @functools.cache
 def _hub_reachable() -> bool:
     """Quick TCP probe of the hub, so that without network a load fails in seconds rather than
-    after ~45 s of retries per file. Assumed reachable when a proxy is configured."""
+    after ~45 s of retries per load. Assumed reachable when a proxy is configured."""
     proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
     if any(os.environ.get(v) for v in proxies):
         return True
@@ -298,9 +307,11 @@ def _from_pretrained(factory: Callable[..., Any], name: str, **kwargs: Any) -> A
             ) from exc
         if kind == "local":
             raise FedquadError(f"model directory '{name}' could not be loaded ({reason})") from exc
+        # A converted copy in the cache can simply be rebuilt; a package copy needs a reinstall.
+        cached = Path(path).is_relative_to(cache_dir())
+        fix = "delete that directory to rebuild it" if cached else "reinstall its package"
         raise FedquadError(
-            f"built-in model '{name}' could not be loaded from {path} ({reason}); "
-            f"delete that directory if it is in {cache_dir()} to rebuild it"
+            f"built-in model '{name}' could not be loaded from {path} ({reason}); {fix}"
         ) from exc
 
 

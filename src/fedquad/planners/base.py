@@ -17,12 +17,31 @@ class Plan:
     """Devices that cannot train this round, with the reason."""
 
 
-def plan_fedlora(devices: list[int], structure: LoraStructure) -> Plan:
-    """FedLoRA: every device trains the full global depth, no quantization."""
-    return Plan(configs={d: DeviceConfig(depth=structure.depth) for d in devices})
+@dataclass(frozen=True)
+class QuantChoice:
+    """Activation quantization settings the planner passes on to devices."""
+
+    bits: int = 8
+    position: str = "bottom"
+    blocks: int = 0
+    """q for methods that do not choose it per device."""
 
 
-def plan_round(method: str, devices: list[int], structure: LoraStructure) -> Plan:
+def plan_fedlora(devices: list[int], structure: LoraStructure, quant: QuantChoice) -> Plan:
+    """FedLoRA: every device trains the full global depth (quantized only if asked)."""
+    config = DeviceConfig(
+        depth=structure.depth,
+        quantized=min(quant.blocks, structure.depth),
+        bits=quant.bits,
+        quant_position=quant.position,
+    )
+    return Plan(configs={d: config for d in devices})
+
+
+def plan_round(
+    method: str, devices: list[int], structure: LoraStructure, quant: QuantChoice | None = None
+) -> Plan:
+    quant = quant or QuantChoice()
     if method == "fedlora":
-        return plan_fedlora(devices, structure)
+        return plan_fedlora(devices, structure, quant)
     raise FedquadError(f"method {method!r} is not allowed: use fedlora")

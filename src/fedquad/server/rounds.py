@@ -12,7 +12,7 @@ import numpy as np
 
 from fedquad.aggregate import Update, aggregate_per_layer
 from fedquad.models.lora import LoraStructure, State
-from fedquad.planners import plan_round
+from fedquad.planners import QuantChoice, plan_round
 from fedquad.server.messages import Executor, TrainInstruction
 
 
@@ -28,6 +28,7 @@ class RoundSettings:
     eval_every: int = 1
     weighting: str = "samples"
     seed: int = 0
+    quant: QuantChoice = field(default_factory=QuantChoice)
 
 
 @dataclass
@@ -56,7 +57,7 @@ def run_rounds(
     for r in range(1, settings.rounds + 1):
         start = time.perf_counter()
         sampled = sample_devices(num_devices, settings.devices_per_round, settings.seed, r)
-        plan = plan_round(settings.method, sampled, structure)
+        plan = plan_round(settings.method, sampled, structure, settings.quant)
         instructions = [
             TrainInstruction(
                 device_id=d,
@@ -79,6 +80,7 @@ def run_rounds(
                     "device": reply.device_id,
                     "depth": plan.configs[reply.device_id].depth,
                     "quantized": plan.configs[reply.device_id].quantized,
+                    "bits": plan.configs[reply.device_id].bits,
                     "num_samples": reply.num_samples,
                     "bytes_down": tensor_bytes(outcome.state),
                     "bytes_up": tensor_bytes(reply.tensors),

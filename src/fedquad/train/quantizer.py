@@ -9,7 +9,9 @@ byte for 8, 4 or 2 bits).
 Codes are computed against the *stored* float16 ``minimum``/``scale`` (the minimum is rounded
 down and the scale up after the cast, so the grid still covers the group), and rounded
 stochastically: ``k = floor((x - minimum) / scale + u)`` with ``u`` uniform in ``(0, 1)``, so
-``E[dequantize(quantize(x))] = x`` and every element is off by less than one ``scale``.
+``E[dequantize(quantize(x))] = x`` and every element is off by less than one ``scale``. The
+same generator state gives the same codes. All arithmetic is float32 (float64 for the few
+per-group values); ``dequantize`` casts back to the input dtype.
 
 The dither ``u`` takes 16-bit values ``(j + 1/2) / 2**16`` drawn from the given generator:
 drawing 64-bit words and splitting them is ~4x cheaper than ``torch.rand``, and the resulting
@@ -28,11 +30,14 @@ Limits (float16 storage of the group parameters):
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
 
 _ALLOWED_BITS = (8, 4, 2)
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_BLOCK = 1 << 18  # elements per block of whole groups (1 MiB of float32 temporaries)
 _FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 _DITHER_STEP = 2.0**-16
 # int16 dither j in [-2**15, 2**15 - 1] -> u = (j + 2**15 + 1/2) / 2**16 in (0, 1)
@@ -47,7 +52,11 @@ class QuantSpec:
     group_size: int = 128
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or self.bits not in _ALLOWED_BITS:
+        if (
+            not isinstance(self.bits, int)
+            or isinstance(self.bits, bool)
+            or self.bits not in _ALLOWED_BITS
+        ):
             raise ValueError(f"bits={self.bits!r} is not supported; allowed: {_ALLOWED_BITS}")
         if (
             isinstance(self.group_size, bool)
@@ -104,15 +113,21 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     flat = codes.reshape(-1)
     if per_byte == 1:
         return flat.clone()  # never alias the caller's tensor
-    n = flat.numel()
-    rem = n % per_byte
-    if rem:  # zero-pad to whole bytes (cheap: codes are already small)
+    rem = flat.numel() % per_byte
+    if rem:  # zero-pad to whole bytes
         flat = torch.cat([flat, flat.new_zeros(per_byte - rem)])
-    lanes = flat.view(-1, per_byte)
-    packed = lanes[:, 0].clone()
-    for lane in range(1, per_byte):  # at most 3 vectorised passes, not a loop over elements
-        packed |= lanes[:, lane] << (bits * lane)
-    return packed
+    if not _LITTLE_ENDIAN:
+        return _pack_lanes(flat, bits)
+    if flat.storage_offset() % per_byte:  # a wider view needs an aligned start
+        flat = flat.clone()
+    # uint8 shifts are slow on CPU: read the bytes of one output as one int16/int32 word and
+    # fold them down with word-wide shifts (~8x faster); the low byte is the packed byte
+    if bits == 4:
+        w = flat.view(torch.int16)  # b0 | b1 << 8
+        return (w | (w >> 4)).to(torch.uint8)  # low byte: b0 | b1 << 4
+    w = flat.view(torch.int32)  # b0 | b1 << 8 | b2 << 16 | b3 << 24
+    w = w | (w >> 6)  # byte 0: b0 | b1 << 2, byte 2: b2 | b3 << 2
+    return (w | (w >> 12)).to(torch.uint8)  # byte 0: b0 | b1 << 2 | b2 << 4 | b3 << 6
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -125,9 +140,32 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         raise ValueError(f"numel={numel} exceeds the {flat.numel() * per_byte} packed codes")
     if per_byte == 1:
         return flat[:numel]
+    if not _LITTLE_ENDIAN:
+        return _unpack_lanes(flat, bits)[:numel]
+    # spread each byte over one int16/int32 word, one code per byte, with word-wide ops
+    if bits == 4:
+        w = flat.to(torch.int16)
+        w.bitwise_or_(w << 4).bitwise_and_(0x0F0F)  # byte 0: low nibble, byte 1: high nibble
+    else:
+        w = flat.to(torch.int32)
+        w.bitwise_or_(w << 12).bitwise_and_(0x000F000F)  # nibbles to bytes 0 and 2
+        w.bitwise_or_(w << 6).bitwise_and_(0x03030303)  # 2-bit fields to bytes 0..3
+    return w.view(torch.uint8)[:numel]
+
+
+def _pack_lanes(flat: torch.Tensor, bits: int) -> torch.Tensor:
+    """Byte-order independent (slower) packing of a padded flat uint8 tensor."""
+    lanes = flat.view(-1, 8 // bits)
+    packed = lanes[:, 0].clone()
+    for lane in range(1, 8 // bits):  # at most 3 vectorised passes
+        packed |= lanes[:, lane] << (bits * lane)
+    return packed
+
+
+def _unpack_lanes(flat: torch.Tensor, bits: int) -> torch.Tensor:
+    """Byte-order independent (slower) inverse of :func:`_pack_lanes`."""
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=flat.device)
-    codes = (flat.unsqueeze(1) >> shifts) & ((1 << bits) - 1)
-    return codes.view(-1)[:numel]
+    return ((flat.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).view(-1)
 
 
 def _group_params(
@@ -156,7 +194,10 @@ def _encode(
     out: torch.Tensor,
     finite: bool,
 ) -> None:
-    """Write the stochastically rounded codes of ``groups`` (rows = groups) into ``out``."""
+    """Write the stochastically rounded codes of ``groups`` (rows = groups) into ``out``.
+
+    ``dither`` (int16, same shape) is consumed, then reused as scratch for the codes.
+    """
     mn = minimum.float().unsqueeze(1)
     s = scale.float().unsqueeze(1)
     inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))  # constant group -> code 0
@@ -166,16 +207,25 @@ def _encode(
     if not finite:  # NaN (from NaN, or inf * 0) -> uint8 is undefined: use code 0
         t.nan_to_num_(0.0)
     t.clamp_(0, levels)  # guards float rounding at the top of the grid and +-inf
-    out.copy_(t)  # float -> uint8 truncates, i.e. floor for t >= 0
+    # float -> int truncates, i.e. floors t >= 0; going through int16 (the spent dither) is
+    # ~4x faster on CPU than a direct float -> uint8 cast
+    dither.copy_(t)
+    out.copy_(dither)
 
 
-def _split(n: int, g: int) -> list[tuple[int, int, int]]:
-    """``(start, rows, cols)`` of the whole groups and of the short last group, if any."""
+def _blocks(n: int, g: int) -> list[tuple[int, int, int, int]]:
+    """``(start, rows, cols, first_group)`` blocks covering ``n`` elements in groups of ``g``.
+
+    Whole groups come in blocks of about ``_BLOCK`` elements, the short last group alone: the
+    temporaries of one block stay in cache and are recycled by the allocator, which is ~2x
+    faster than full-size temporaries (fresh pages) for activation-sized tensors.
+    """
     full, tail = divmod(n, g)
-    parts = [(0, full, g)] if full else []
+    step = max(1, _BLOCK // g)
+    blocks = [(r * g, min(step, full - r), g, r) for r in range(0, full, step)]
     if tail:
-        parts.append((full * g, 1, tail))
-    return parts
+        blocks.append((full * g, 1, tail, full))
+    return blocks
 
 
 def quantize(
@@ -203,13 +253,11 @@ def _quantize(
         flat = x.reshape(-1)
     else:
         flat = x.to(torch.float32, memory_format=torch.contiguous_format).reshape(-1)
-    # no padding copy: the whole groups and the short last group are two views of ``flat``
-    parts = [
-        (start, flat[start : start + r * c].view(r, c))
-        for start, r, c in _split(numel, spec.group_size)
-    ]
-    mn = torch.cat([p.amin(1) for _, p in parts]) if parts else flat.new_empty(0)
-    mx = torch.cat([p.amax(1) for _, p in parts]) if parts else flat.new_empty(0)
+    # no padding copy: every block, the short last group included, is a view of ``flat``
+    blocks = _blocks(numel, spec.group_size)
+    views = [flat[b : b + r * c].view(r, c) for b, r, c, _ in blocks]
+    mn = torch.cat([v.amin(1) for v in views]) if views else flat.new_empty(0)
+    mx = torch.cat([v.amax(1) for v in views]) if views else flat.new_empty(0)
     minimum, scale = _group_params(mn, mx, levels)
     finite = bool(torch.isfinite(mn).all() and torch.isfinite(mx).all())
 
@@ -221,20 +269,16 @@ def _quantize(
     # codes land directly in a buffer already padded to whole bytes
     codes = torch.empty(math.ceil(numel / per_byte) * per_byte, dtype=torch.uint8, device=x.device)
     codes[numel:].zero_()  # unused bits of the last byte: deterministic, not garbage
-    row = 0
-    for start, groups in parts:  # at most two parts, not a loop over groups
-        rows, cols = groups.shape
-        end = start + rows * cols
+    for (b, r, c, first), groups in zip(blocks, views, strict=True):
         _encode(
             groups,
-            minimum[row : row + rows],
-            scale[row : row + rows],
-            dither[start:end].view(rows, cols),
+            minimum[first : first + r],
+            scale[first : first + r],
+            dither[b : b + r * c].view(r, c),
             levels,
-            codes[start:end].view(rows, cols),
+            codes[b : b + r * c].view(r, c),
             finite,
         )
-        row += rows
     packed = codes if per_byte == 1 else pack_codes(codes, bits)
     return QuantizedTensor(
         codes=packed,
@@ -252,12 +296,9 @@ def _dequantize(q: QuantizedTensor) -> torch.Tensor:
     out = torch.empty(q.numel, dtype=torch.float32, device=q.codes.device)
     mn = q.minimum.float().unsqueeze(1)
     s = q.scale.float().unsqueeze(1)
-    row = 0
-    for start, rows, cols in _split(q.numel, q.spec.group_size):
-        end = start + rows * cols
-        dst = out[start:end].view(rows, cols)
-        dst.copy_(codes[start:end].view(rows, cols))
+    for b, r, c, first in _blocks(q.numel, q.spec.group_size):
+        dst = out[b : b + r * c].view(r, c)
+        dst.copy_(codes[b : b + r * c].view(r, c))
         # code * scale is exact (<= 8 + 11 bits), so only the addition rounds
-        dst.mul_(s[row : row + rows]).add_(mn[row : row + rows])
-        row += rows
+        dst.mul_(s[first : first + r]).add_(mn[first : first + r])
     return out.view(q.shape).to(q.dtype)

@@ -28,6 +28,26 @@ def storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
+def _whole_storage(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's entire storage as a flat tensor of its dtype (views are rebuilt from it)."""
+    storage = t.untyped_storage()
+    flat = torch.empty(0, dtype=t.dtype, device=t.device)
+    return flat.set_(storage, 0, (storage.nbytes() // t.element_size(),), (1,))
+
+
+@dataclass
+class StoredView:
+    """A saved tensor held as a view into the quantized contents of its storage."""
+
+    contents: QuantizedTensor
+    offset: int
+    shape: torch.Size
+    stride: tuple[int, ...]
+
+    def restore(self) -> torch.Tensor:
+        return self.contents.dequantize().as_strided(self.shape, self.stride, self.offset)
+
+
 @dataclass
 class SavedBytes:
     """What one forward pass saved for backward."""
@@ -74,8 +94,11 @@ class SavedTensorMeter:
         self.min_numel = min_numel
         self.saved = SavedBytes()
         self._seen: set[int] = set()
-        # storage -> quantized handle, so a tensor saved by several ops is compressed once
-        self._quantized: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], Any] = {}
+        # storage -> (pinned original, its quantized contents): ops save several views of one
+        # storage (q/k/v all save the block input), which must be compressed once. The original
+        # stays pinned until its block's forward ends, so its memory cannot be reused meanwhile
+        # by another tensor that would then hit this cache.
+        self._quantized: dict[int, tuple[torch.Tensor, QuantizedTensor]] = {}
         self._stack: list[Any] = []
         self._handles: list[Any] = []
 
@@ -89,13 +112,13 @@ class SavedTensorMeter:
                 return t
             nbytes = t.untyped_storage().nbytes()
             if quantize_here and self._quantizable(t):
-                qkey = (key, t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-                handle = self._quantized.get(qkey)
-                if handle is None:
-                    handle = quantize(t.detach(), self.spec, self.generator)
-                    self._quantized[qkey] = handle
-                    self._count(block, handle.nbytes, t.numel() * t.element_size())
-                return handle
+                cached = self._quantized.get(key)
+                if cached is None:
+                    whole = _whole_storage(t)
+                    cached = (whole, quantize(whole, self.spec, self.generator))
+                    self._quantized[key] = cached
+                    self._count(block, cached[1].nbytes, nbytes)
+                return StoredView(cached[1], int(t.storage_offset()), t.shape, t.stride())
             if key not in self._seen:
                 self._seen.add(key)
                 self._count(block, nbytes, nbytes)
@@ -108,8 +131,8 @@ class SavedTensorMeter:
 
     @staticmethod
     def _unpack(packed: Any) -> torch.Tensor:
-        if isinstance(packed, QuantizedTensor):
-            return packed.dequantize()
+        if isinstance(packed, StoredView):
+            return packed.restore()
         return packed
 
     def _count(self, block: int, held: int, unquantized: int) -> None:
@@ -125,6 +148,7 @@ class SavedTensorMeter:
 
     def _exit(self) -> None:
         self._stack.pop().__exit__(None, None, None)
+        self._quantized.clear()  # unpin: the block's originals may be freed now
 
     # ---- context protocol
     def __enter__(self) -> SavedTensorMeter:
