@@ -1,11 +1,11 @@
-"""Activation quantization inside training: which blocks, how many bytes, how close the gradients."""
+"""Activation quantization in training: which blocks, how many bytes, how close the gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_batch
 
+from conftest import make_batch
 from fedquad.models.lora import set_trainable, span_param_names
 from fedquad.train.local import DeviceConfig, set_modes
 from fedquad.train.quantizer import QuantSpec
