@@ -88,3 +88,18 @@ def test_training_improves_on_the_untrained_model(small_run):
     metrics = read_metrics(small_run.run_dir)
     assert metrics[-1]["train_loss"] < 0.75
     assert torch.isfinite(torch.tensor(metrics[-1]["test_loss"]))
+
+
+def test_quantized_run_tracks_the_unquantized_one(small_run, tmp_path):
+    """Short parity check: every trainable block's activations at 8 bits, same seed and rounds."""
+    config = load_config(None, [*SMALL, f"output_dir={tmp_path}", "quant.blocks=2"])
+    quantized = fedquad.run(config)
+    plain_metrics, quant_metrics = read_metrics(small_run.run_dir), read_metrics(quantized.run_dir)
+    for plain, quant in zip(plain_metrics, quant_metrics, strict=True):
+        assert all(d["quantized"] == 2 and d["bits"] == 8 for d in quant["devices"])
+        # the same devices and samples, held in at most ~30% of the activation memory
+        assert [d["device"] for d in quant["devices"]] == [d["device"] for d in plain["devices"]]
+        for dq, dp in zip(quant["devices"], plain["devices"], strict=True):
+            assert dq["peak_saved_bytes"] < 0.5 * dp["peak_saved_bytes"]
+        assert abs(quant["test_accuracy"] - plain["test_accuracy"]) <= 2 / 64
+        assert quant["test_loss"] == pytest.approx(plain["test_loss"], rel=0.02)

@@ -61,7 +61,9 @@ class LoraConfig:
     """Global LoRA depth D: the top D blocks carry LoRA (default: every block)."""
     rank: int = 8
     alpha: float = 16.0
-    dropout: float = 0.05
+    dropout: float = 0.0
+    """LoRA dropout. Off by default: on a CPU each LoRA layer's dropout mask costs about as much
+    as the layer (0.84 → 0.56 s per MiniLM step at batch 16, sequence 64)."""
     ranks: list[int] | None = None
     """Per-block rank distribution from the output: ranks[0] is block L-1. Overrides `rank`."""
 

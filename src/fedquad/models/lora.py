@@ -29,7 +29,7 @@ class LoraStructure:
     ranks: tuple[int, ...]
     """Rank distribution from the output: ``ranks[0]`` is block ``L-1``; ``len(ranks) == D``."""
     alpha: float = 16.0
-    dropout: float = 0.05
+    dropout: float = 0.0
 
     @property
     def depth(self) -> int:
@@ -60,7 +60,7 @@ def build_structure(
     rank: int = 8,
     ranks: list[int] | None = None,
     alpha: float = 16.0,
-    dropout: float = 0.05,
+    dropout: float = 0.0,
 ) -> LoraStructure:
     """A structure from the config: uniform ``rank`` unless a per-block ``ranks`` list is given."""
     if ranks is not None:

@@ -161,12 +161,20 @@ def train_local(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
-    """Accuracy and mean loss of the model on tokenized samples."""
+    """Accuracy and mean loss of the model on tokenized samples.
+
+    Samples are batched by length and each batch is cut to its longest sample: right padding
+    changes nothing for the real tokens, and short reviews then cost what they are.
+    """
     model.eval()
     n = len(data["labels"])
+    lengths = data["attention_mask"].sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
     correct, loss_sum = 0, 0.0
     for start in range(0, n, batch_size):
-        batch = {k: v[start : start + batch_size] for k, v in data.items()}
+        idx = order[start : start + batch_size]
+        width = max(int(lengths[idx].max()), 1)
+        batch = {k: v[idx, :width] if v.dim() == 2 else v[idx] for k, v in data.items()}
         out = model(**batch)
         loss_sum += out.loss.item() * len(batch["labels"])
         correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
