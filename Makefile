@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fedquad run $(ARGS)
+	$(BIN)/fedquad run --config presets/quickstart.toml $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

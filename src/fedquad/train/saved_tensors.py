@@ -12,6 +12,7 @@ Tensors saved outside every block (embeddings, head, loss) are counted under ``h
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,17 +36,37 @@ def _whole_storage(t: torch.Tensor) -> torch.Tensor:
     return flat.set_(storage, 0, (storage.nbytes() // t.element_size(),), (1,))
 
 
+class QuantizedStorage:
+    """The quantized contents of one storage, shared by every saved view of it.
+
+    Views of one storage are unpacked close together in backward (q, k, v): while the last
+    dequantized copy is still alive, the next view reuses it instead of dequantizing again.
+    A weak reference, so the cache never keeps memory alive by itself.
+    """
+
+    def __init__(self, contents: QuantizedTensor) -> None:
+        self.contents = contents
+        self._last: weakref.ref[torch.Tensor] | None = None
+
+    def dequantize(self) -> torch.Tensor:
+        last = self._last() if self._last is not None else None
+        if last is None:
+            last = self.contents.dequantize()
+            self._last = weakref.ref(last)
+        return last
+
+
 @dataclass
 class StoredView:
     """A saved tensor held as a view into the quantized contents of its storage."""
 
-    contents: QuantizedTensor
+    storage: QuantizedStorage
     offset: int
     shape: torch.Size
     stride: tuple[int, ...]
 
     def restore(self) -> torch.Tensor:
-        return self.contents.dequantize().as_strided(self.shape, self.stride, self.offset)
+        return self.storage.dequantize().as_strided(self.shape, self.stride, self.offset)
 
 
 @dataclass
@@ -98,7 +119,7 @@ class SavedTensorMeter:
         # storage (q/k/v all save the block input), which must be compressed once. The original
         # stays pinned until its block's forward ends, so its memory cannot be reused meanwhile
         # by another tensor that would then hit this cache.
-        self._quantized: dict[int, tuple[torch.Tensor, QuantizedTensor]] = {}
+        self._quantized: dict[int, tuple[torch.Tensor, QuantizedStorage]] = {}
         self._stack: list[Any] = []
         self._handles: list[Any] = []
 
@@ -115,9 +136,10 @@ class SavedTensorMeter:
                 cached = self._quantized.get(key)
                 if cached is None:
                     whole = _whole_storage(t)
-                    cached = (whole, quantize(whole, self.spec, self.generator))
+                    contents = quantize(whole, self.spec, self.generator)
+                    cached = (whole, QuantizedStorage(contents))
                     self._quantized[key] = cached
-                    self._count(block, cached[1].nbytes, nbytes)
+                    self._count(block, contents.nbytes, nbytes)
                 return StoredView(cached[1], int(t.storage_offset()), t.shape, t.stride())
             if key not in self._seen:
                 self._seen.add(key)
