@@ -22,10 +22,12 @@ import torch
 
 from fedquad.models.lora import attach_lora, build_structure
 from fedquad.models.registry import describe_model, load_sequence_classifier
+from fedquad.quiet import quiet_libraries
 from fedquad.train.local import DeviceConfig, TrainSettings, train_local
 
 
 def worker(args: argparse.Namespace) -> None:
+    quiet_libraries()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = load_sequence_classifier(args.model, num_labels=2)

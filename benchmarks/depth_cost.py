@@ -15,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 
 from fedquad.models.lora import attach_lora, block_linear_targets, build_structure
 from fedquad.models.registry import describe_model, load_sequence_classifier
+from fedquad.quiet import quiet_libraries
 from fedquad.train.local import DeviceConfig, TrainSettings, train_local
 
 
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rank", type=int, default=8)
     args = parser.parse_args()
+    quiet_libraries()
     torch.set_num_threads(2)
     data = batch(args.batch, args.seq)
 
