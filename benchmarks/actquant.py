@@ -20,10 +20,11 @@ import sys
 import psutil
 import torch
 
+from fedquad.config import TrainConfig
 from fedquad.models.lora import attach_lora, build_structure
 from fedquad.models.registry import describe_model, load_sequence_classifier
 from fedquad.quiet import quiet_libraries
-from fedquad.train.local import DeviceConfig, TrainSettings, train_local
+from fedquad.train.local import DeviceConfig, train_local
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -40,7 +41,7 @@ def worker(args: argparse.Namespace) -> None:
         "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
         "labels": torch.randint(0, 2, (args.batch,), generator=g),
     }
-    settings = TrainSettings(local_steps=args.steps, batch_size=args.batch, lr=1e-4)
+    settings = TrainConfig(local_steps=args.steps, batch_size=args.batch, lr=1e-4)
     config = DeviceConfig(depth=structure.depth, quantized=args.q, bits=args.bits)
     baseline = psutil.Process().memory_info().rss
     result = train_local(model, parts, structure, data, config, settings, seed=0)

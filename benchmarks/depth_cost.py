@@ -13,10 +13,11 @@ import time
 import torch
 from peft import LoraConfig, get_peft_model
 
+from fedquad.config import TrainConfig
 from fedquad.models.lora import attach_lora, block_linear_targets, build_structure
 from fedquad.models.registry import describe_model, load_sequence_classifier
 from fedquad.quiet import quiet_libraries
-from fedquad.train.local import DeviceConfig, TrainSettings, train_local
+from fedquad.train.local import DeviceConfig, train_local
 
 
 def batch(n: int, seq: int) -> dict[str, torch.Tensor]:
@@ -82,7 +83,7 @@ def main() -> None:
     L = parts.num_blocks
     structure = build_structure(L, rank=args.rank)
     model = attach_lora(model, parts, structure)
-    settings = TrainSettings(local_steps=args.steps, batch_size=args.batch, lr=1e-4)
+    settings = TrainConfig(local_steps=args.steps, batch_size=args.batch, lr=1e-4)
     rows = []
     for depth in sorted({1, max(1, L // 2), L}):
         result = train_local(model, parts, structure, data, DeviceConfig(depth=depth), settings, 0)

@@ -97,7 +97,8 @@ def test_only_the_chosen_blocks_are_quantized(trained_like):
 
 
 def test_training_step_with_quantization_runs_in_train_mode(trained_like):
-    from fedquad.train.local import TrainSettings, train_local
+    from fedquad.config import TrainConfig
+    from fedquad.train.local import train_local
 
     model, parts, structure = trained_like
     result = train_local(
@@ -106,7 +107,7 @@ def test_training_step_with_quantization_runs_in_train_mode(trained_like):
         structure,
         make_batch(16, 32),
         DeviceConfig(depth=4, quantized=4, bits=4),
-        TrainSettings(local_steps=2, batch_size=8),
+        TrainConfig(local_steps=2, batch_size=8),
         seed=3,
     )
     per_block = result.saved.per_block

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import make_batch
+from fedquad.config import TrainConfig
 from fedquad.errors import FedquadError
 from fedquad.models.lora import (
     block_of,
@@ -16,7 +17,7 @@ from fedquad.models.lora import (
     set_trainable,
     span_param_names,
 )
-from fedquad.train.local import DeviceConfig, TrainSettings, set_modes, train_local
+from fedquad.train.local import DeviceConfig, set_modes, train_local
 from fedquad.train.saved_tensors import HEAD, SavedTensorMeter
 
 
@@ -100,7 +101,7 @@ def test_training_leaves_lora_below_the_span_at_the_global_values(minilm_lora):
         structure,
         make_batch(16),
         DeviceConfig(depth=2),
-        TrainSettings(local_steps=2, batch_size=8, lr=1e-2),
+        TrainConfig(local_steps=2, batch_size=8, lr=1e-2),
         seed=0,
     )
     after = get_state(model)

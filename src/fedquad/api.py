@@ -21,7 +21,6 @@ from fedquad.quiet import quiet_libraries
 from fedquad.report.progress import RoundProgress
 from fedquad.report.results import RunWriter, default_run_name, new_run_dir
 from fedquad.server.rounds import RoundSettings, best_accuracy, median_step_seconds, run_rounds
-from fedquad.train.local import TrainSettings
 
 
 @dataclass
@@ -47,21 +46,6 @@ def to_tensors(dataset: Any) -> TensorData:
         "attention_mask": rows["attention_mask"],
         "labels": rows["label"],
     }
-
-
-def train_settings(config: ExperimentConfig) -> TrainSettings:
-    t = config.train
-    return TrainSettings(
-        local_steps=t.local_steps,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        head_lr=t.head_lr,
-        optimizer=t.optimizer,
-        weight_decay=t.weight_decay,
-        frozen_prefix_eval=t.frozen_prefix_eval,
-        group_size=config.quant.group_size,
-        min_quant_numel=config.quant.min_numel,
-    )
 
 
 def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
@@ -101,8 +85,8 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
         structure,
         [to_tensors(p) for p in partitions],
         to_tensors(tokenize_dataset(data.test, tokenizer, config.model.max_length)),
-        train_settings(config),
-        config.train.eval_batch_size,
+        config.train,
+        config.quant,
     )
     name = config.run_name or default_run_name(
         config.method, dc.name, config.model.name, config.seed

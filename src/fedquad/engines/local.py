@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedquad.config import QuantConfig, TrainConfig
 from fedquad.models.lora import LoraStructure, State, load_state
 from fedquad.models.registry import ModelParts
 from fedquad.server.messages import TrainInstruction, TrainReply
-from fedquad.train.local import TrainSettings, evaluate, train_local
+from fedquad.train.local import evaluate, train_local
 
 TensorData = dict[str, torch.Tensor]
 
@@ -24,8 +25,8 @@ class LocalExecutor:
         structure: LoraStructure,
         device_data: list[TensorData],
         test_data: TensorData,
-        settings: TrainSettings,
-        eval_batch_size: int = 64,
+        settings: TrainConfig,
+        quant: QuantConfig,
     ) -> None:
         self.model = model
         self.parts = parts
@@ -33,7 +34,7 @@ class LocalExecutor:
         self.device_data = device_data
         self.test_data = test_data
         self.settings = settings
-        self.eval_batch_size = eval_batch_size
+        self.quant = quant
 
     def device_samples(self) -> list[int]:
         return [len(d["labels"]) for d in self.device_data]
@@ -50,6 +51,7 @@ class LocalExecutor:
                 ins.config,
                 self.settings,
                 ins.seed,
+                self.quant,
             )
             replies.append(
                 TrainReply(
@@ -63,4 +65,4 @@ class LocalExecutor:
 
     def evaluate(self, state: State) -> dict[str, float]:
         load_state(self.model, state)
-        return evaluate(self.model, self.test_data, self.eval_batch_size)
+        return evaluate(self.model, self.test_data, self.settings.eval_batch_size)

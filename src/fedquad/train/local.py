@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedquad.config import QuantConfig, TrainConfig
 from fedquad.models.lora import LoraStructure, State, get_state, set_trainable, span_param_names
 from fedquad.models.registry import ModelParts
 from fedquad.train.quantizer import QuantSpec
@@ -32,19 +33,6 @@ class DeviceConfig:
         if self.quant_position == "top":
             return span[len(span) - self.quantized :]
         return span[: self.quantized]
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    local_steps: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    head_lr: float | None = None
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    frozen_prefix_eval: bool = True
-    group_size: int = 128
-    min_quant_numel: int = 1024
 
 
 @dataclass
@@ -92,9 +80,7 @@ def _batches(
     return out
 
 
-def _optimizer(
-    model: nn.Module, names: list[str], settings: TrainSettings
-) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, names: list[str], settings: TrainConfig) -> torch.optim.Optimizer:
     params = dict(model.named_parameters())
     head = [params[n] for n in names if ".modules_to_save." in n]
     lora = [params[n] for n in names if ".modules_to_save." not in n]
@@ -112,14 +98,18 @@ def train_local(
     structure: LoraStructure,
     data: dict[str, torch.Tensor],
     config: DeviceConfig,
-    settings: TrainSettings,
+    settings: TrainConfig,
     seed: int,
+    quant: QuantConfig | None = None,
 ) -> TrainResult:
     """Train the device's span for ``settings.local_steps`` steps from the model's current state.
 
     ``data`` holds the device's tokenized samples (``input_ids``, ``attention_mask``, ``labels``).
     The caller loads the global state first; the model is left with the trained values.
+    ``quant`` gives the quantizer's group size and size threshold; ``config`` says which blocks
+    and how many bits.
     """
+    quant = quant or QuantConfig()
     span = structure.span(config.depth)
     names = span_param_names(model, parts, span)
     set_trainable(model, names)
@@ -136,9 +126,9 @@ def train_local(
             parts.blocks,
             frozen,
             quantized_blocks=config.quantized_blocks(structure.num_blocks),
-            spec=QuantSpec(bits=config.bits, group_size=settings.group_size),
+            spec=QuantSpec(bits=config.bits, group_size=quant.group_size),
             generator=quant_generator,
-            min_numel=settings.min_quant_numel,
+            min_numel=quant.min_numel,
         )
         with meter:
             loss = model(**batch).loss
