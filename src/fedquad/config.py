@@ -7,7 +7,6 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
-from fedquad.errors import FedquadError
+from fedquad.errors import FedquadError, unknown_key
 
 METHODS = ("fedlora",)
 ENGINES = ("local",)
@@ -223,12 +222,6 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _unknown_key(key: str, allowed: list[str]) -> FedquadError:
-    hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], allowed, n=1)
-    tail = f" (did you mean '{hint[0]}'?)" if hint else f"; known keys: {', '.join(allowed)}"
-    return FedquadError(f"unknown config key '{key}'{tail}")
-
-
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -256,7 +249,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in hints:
-            raise _unknown_key(full, sorted(hints))
+            raise unknown_key(full, sorted(hints))
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):

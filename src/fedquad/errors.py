@@ -1,9 +1,21 @@
 """User-facing errors.
 
-A :class:`FedquadError` carries a one-line message naming the bad value and what is
-allowed; the CLI prints it and exits with code 2 (no traceback).
+A :class:`FedquadError` carries a one-line message naming the bad value and what is allowed;
+the CLI prints it and exits with code 2 (no traceback).
 """
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
 
 
 class FedquadError(Exception):
     """A problem with the user's input or environment, explained in one line."""
+
+
+def unknown_key(key: str, allowed: Sequence[str], where: str = "config") -> FedquadError:
+    """An unknown key in a file, with the closest known key as a suggestion."""
+    hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(allowed), n=1)
+    tail = f" (did you mean '{hint[0]}'?)" if hint else f"; known keys: {', '.join(allowed)}"
+    return FedquadError(f"unknown {where} key '{key}'{tail}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.models.lora import LoraStructure
-from fedquad.train.local import DeviceConfig
 
 
 @dataclass

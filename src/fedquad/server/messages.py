@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fedquad.device_config import DeviceConfig
 from fedquad.models.lora import State
-from fedquad.train.local import DeviceConfig
 
 
 @dataclass

@@ -11,28 +11,11 @@ import torch
 from torch import nn
 
 from fedquad.config import QuantConfig, TrainConfig
+from fedquad.device_config import DeviceConfig
 from fedquad.models.lora import LoraStructure, State, get_state, set_trainable, span_param_names
 from fedquad.models.registry import ModelParts
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import SavedBytes, SavedTensorMeter
-
-
-@dataclass(frozen=True)
-class DeviceConfig:
-    """What the server tells a device to do this round: ``c_i = (d_i, q_i, ranks_i)``."""
-
-    depth: int
-    quantized: int = 0
-    """``q``: how many of the span's blocks have their saved activations quantized."""
-    bits: int = 8
-    quant_position: str = "bottom"
-    """``bottom``: the lowest ``q`` blocks of the span; ``top``: the highest."""
-
-    def quantized_blocks(self, num_blocks: int) -> list[int]:
-        span = list(range(num_blocks - self.depth, num_blocks))
-        if self.quant_position == "top":
-            return span[len(span) - self.quantized :]
-        return span[: self.quantized]
 
 
 @dataclass

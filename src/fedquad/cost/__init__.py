@@ -1,0 +1,51 @@
+"""Cost model (METHODS.md §3) and fleet / virtual-clock inputs (§6): pure, no torch needed."""
+
+from fedquad.cost.fleet import (
+    Device,
+    FleetSpec,
+    Tier,
+    default_fleet,
+    devices_for_round,
+    fleet_from_dict,
+    fleet_to_toml,
+    load_fleet,
+    sample_round,
+)
+from fedquad.cost.model import (
+    CostProfile,
+    LinkProfile,
+    RoundTime,
+    download_bytes,
+    fit_times,
+    full_footprint,
+    largest_feasible_depth,
+    memory_bytes,
+    min_quantized,
+    round_time,
+    step_seconds,
+    upload_bytes,
+)
+
+__all__ = [
+    "CostProfile",
+    "Device",
+    "FleetSpec",
+    "LinkProfile",
+    "RoundTime",
+    "Tier",
+    "default_fleet",
+    "devices_for_round",
+    "download_bytes",
+    "fit_times",
+    "fleet_from_dict",
+    "fleet_to_toml",
+    "full_footprint",
+    "largest_feasible_depth",
+    "load_fleet",
+    "memory_bytes",
+    "min_quantized",
+    "round_time",
+    "sample_round",
+    "step_seconds",
+    "upload_bytes",
+]

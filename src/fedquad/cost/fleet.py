@@ -1,0 +1,256 @@
+"""The simulated fleet of METHODS.md §6: tiers from a TOML file, devices and bandwidths per round.
+
+Units in the fleet file: bandwidths in MB/s (10^6 bytes per second, not megabits), absolute
+memory in MiB (2^20 bytes), fractional memory as a multiple of the workload's full-depth,
+unquantized footprint ``M(L, 0)``. A :class:`Device` carries bytes and bytes/s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+import tomllib
+
+from fedquad.errors import FedquadError, unknown_key
+
+MB = 1_000_000
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A class of identical boards; each device of the tier draws its own uplink per round."""
+
+    name: str
+    count: int
+    slowdown: float
+    """``σ`` relative to the host, before the fleet's ``base_slowdown``."""
+    memory: float | None = None
+    """Budget as a fraction of the full footprint ``M(L, 0)``; exclusive with ``memory_mib``."""
+    memory_mib: float | None = None
+    """Absolute budget in MiB; exclusive with ``memory``."""
+    uplink_mbps: tuple[float, float] = (1.0, 3.0)
+    """Uplink drawn uniformly in this range (MB/s) per device per round."""
+    downlink_mbps: float = 15.0
+    """Downlink in MB/s."""
+
+    def budget_bytes(self, full_footprint_bytes: int) -> int:
+        if self.memory is not None:
+            return int(self.memory * full_footprint_bytes)
+        assert self.memory_mib is not None  # checked by _check_tier
+        return int(self.memory_mib * MIB)
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device as the planner and the virtual clock see it this round."""
+
+    id: int
+    tier: str
+    slowdown: float
+    memory_budget_bytes: int
+    uplink: float
+    """Bytes/s this round."""
+    downlink: float
+    """Bytes/s."""
+    available: bool = True
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    tiers: tuple[Tier, ...]
+    per_round: int = 10
+    """Devices sampled uniformly per round (for every method)."""
+    base_slowdown: float = 1.0
+    """Multiplies every tier's ``slowdown``: the host-to-fastest-board ratio."""
+
+    def __post_init__(self) -> None:
+        if not self.tiers:
+            raise FedquadError("fleet has no [[tier]] tables: give at least one")
+        names = [t.name for t in self.tiers]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise FedquadError(f"fleet tier name {duplicate!r} is repeated: use unique names")
+        for tier in self.tiers:
+            _check_tier(tier)
+        _positive("fleet base_slowdown", self.base_slowdown)
+        if not isinstance(self.per_round, int) or not 1 <= self.per_round <= self.num_devices:
+            raise FedquadError(
+                f"fleet per_round = {self.per_round!r} is not allowed: "
+                f"use 1 to the fleet size {self.num_devices}"
+            )
+
+    @property
+    def num_devices(self) -> int:
+        return sum(t.count for t in self.tiers)
+
+
+def default_fleet() -> FleetSpec:
+    """METHODS.md §6: 30/40/10 small/medium/large boards, speed 1 : 1.85 : 2.66, 10 per round."""
+    return FleetSpec(
+        tiers=(
+            Tier(name="small", count=30, slowdown=2.66, memory=0.4),
+            Tier(name="medium", count=40, slowdown=1.44, memory=1.2),
+            Tier(name="large", count=10, slowdown=1.0, memory=2.0),
+        ),
+        per_round=10,
+        base_slowdown=1.0,
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+_TOP_KEYS = ("base_slowdown", "per_round", "tier")
+_TIER_KEYS = tuple(Tier.__dataclass_fields__)
+
+
+def _positive(key: str, value: Any) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    if not ok or not math.isfinite(value):
+        raise FedquadError(f"{key} = {value!r} is not allowed: use a number > 0")
+
+
+def _check_tier(tier: Tier) -> None:
+    where = f"fleet tier {tier.name!r}"
+    if not isinstance(tier.name, str) or not tier.name:
+        raise FedquadError(f"fleet tier name = {tier.name!r} is not allowed: use a non-empty name")
+    if not isinstance(tier.count, int) or isinstance(tier.count, bool) or tier.count < 1:
+        raise FedquadError(f"{where} count = {tier.count!r} is not allowed: use a whole number > 0")
+    _positive(f"{where} slowdown", tier.slowdown)
+    if (tier.memory is None) == (tier.memory_mib is None):
+        raise FedquadError(
+            f"{where} has memory = {tier.memory!r} and memory_mib = {tier.memory_mib!r}: "
+            "give exactly one (a fraction of the full footprint, or MiB)"
+        )
+    if tier.memory is not None:
+        _positive(f"{where} memory", tier.memory)
+    else:
+        _positive(f"{where} memory_mib", tier.memory_mib)
+    low_high = tier.uplink_mbps
+    if not isinstance(low_high, tuple) or len(low_high) != 2:
+        raise FedquadError(f"{where} uplink_mbps = {low_high!r} is not allowed: use [low, high]")
+    _positive(f"{where} uplink_mbps low", low_high[0])
+    _positive(f"{where} uplink_mbps high", low_high[1])
+    if low_high[0] > low_high[1]:
+        raise FedquadError(f"{where} uplink_mbps = {list(low_high)}: use low <= high")
+    _positive(f"{where} downlink_mbps", tier.downlink_mbps)
+
+
+def _tier_from_dict(index: int, data: Any) -> Tier:
+    if not isinstance(data, dict):
+        raise FedquadError(f"fleet tier #{index + 1} = {data!r}: use a [[tier]] table")
+    for key in data:
+        if key not in _TIER_KEYS:
+            raise unknown_key(key, _TIER_KEYS, f"fleet tier #{index + 1}")
+    for key in ("name", "count", "slowdown"):
+        if key not in data:
+            raise FedquadError(f"fleet tier #{index + 1} has no '{key}': it is required")
+    values = dict(data)
+    if "uplink_mbps" in values:
+        uplink = values["uplink_mbps"]
+        if not isinstance(uplink, list) or len(uplink) != 2:
+            raise FedquadError(
+                f"fleet tier {data['name']!r} uplink_mbps = {uplink!r} is not allowed: "
+                "use [low, high] in MB/s"
+            )
+        values["uplink_mbps"] = tuple(uplink)
+    return Tier(**values)
+
+
+def fleet_from_dict(data: dict[str, Any]) -> FleetSpec:
+    """Build and validate a fleet from parsed TOML (``[[tier]]`` tables plus top-level keys)."""
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise unknown_key(key, _TOP_KEYS, "fleet")
+    tiers = data.get("tier", [])
+    if not isinstance(tiers, list):
+        raise FedquadError("fleet 'tier' is not a list of tables: write each as [[tier]]")
+    return FleetSpec(
+        tiers=tuple(_tier_from_dict(i, t) for i, t in enumerate(tiers)),
+        per_round=data.get("per_round", 10),
+        base_slowdown=data.get("base_slowdown", 1.0),
+    )
+
+
+def load_fleet(path: str | Path) -> FleetSpec:
+    """Read a fleet TOML file; every problem is a one-line :class:`FedquadError`."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise FedquadError(f"fleet file {str(path)!r} does not exist: give a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FedquadError(f"fleet file {str(path)!r} is not valid TOML: {exc}") from None
+    return fleet_from_dict(data)
+
+
+def fleet_to_toml(spec: FleetSpec) -> str:
+    """TOML that :func:`load_fleet` reads back to an equal spec."""
+    tiers = []
+    for tier in spec.tiers:
+        table: dict[str, Any] = {"name": tier.name, "count": tier.count, "slowdown": tier.slowdown}
+        # TOML has no null: only the memory field in use is written.
+        if tier.memory is not None:
+            table["memory"] = tier.memory
+        if tier.memory_mib is not None:
+            table["memory_mib"] = tier.memory_mib
+        table["uplink_mbps"] = list(tier.uplink_mbps)
+        table["downlink_mbps"] = tier.downlink_mbps
+        tiers.append(table)
+    doc = {"per_round": spec.per_round, "base_slowdown": spec.base_slowdown, "tier": tiers}
+    return tomli_w.dumps(doc)
+
+
+# --------------------------------------------------------------------------- per round
+
+_BANDWIDTH_STREAM = 1
+"""Extra seed word: bandwidth draws must not share a stream with the device sample of a round."""
+
+
+def devices_for_round(
+    spec: FleetSpec, full_footprint_bytes: int, seed: int, round_index: int
+) -> list[Device]:
+    """Every device of the fleet for this round, ids ``0 … N-1`` in tier order.
+
+    Uplinks are drawn for all devices (not only the sampled ones) so a device's bandwidth in a
+    round does not depend on which method or sample is run.
+    """
+    if full_footprint_bytes < 1:
+        raise FedquadError(
+            f"full footprint = {full_footprint_bytes} bytes is not allowed: use >= 1"
+        )
+    rng = np.random.default_rng([seed, round_index, _BANDWIDTH_STREAM])
+    devices: list[Device] = []
+    for tier in spec.tiers:
+        low, high = tier.uplink_mbps
+        uplinks = rng.uniform(low, high, size=tier.count) * MB
+        budget = tier.budget_bytes(full_footprint_bytes)
+        for uplink in uplinks:
+            devices.append(
+                Device(
+                    id=len(devices),
+                    tier=tier.name,
+                    slowdown=tier.slowdown * spec.base_slowdown,
+                    memory_budget_bytes=budget,
+                    uplink=float(uplink),
+                    downlink=tier.downlink_mbps * MB,
+                )
+            )
+    return devices
+
+
+def sample_round(num_devices: int, per_round: int, seed: int, round_index: int) -> list[int]:
+    """Device ids trained this round: uniform without replacement, the server's own sampler."""
+    if not 1 <= per_round <= num_devices:
+        raise FedquadError(
+            f"per_round = {per_round} is not allowed: use 1 to the fleet size {num_devices}"
+        )
+    # Imported here: the server package pulls in torch, and the cost package stays light.
+    from fedquad.server.rounds import sample_devices
+
+    return sample_devices(num_devices, per_round, seed, round_index)

@@ -1,0 +1,323 @@
+"""The cost model of METHODS.md §3: memory, step time, communication and round time of a config.
+
+Everything here is a pure function of a :class:`CostProfile` (measured once on the host per model,
+task, batch, sequence length and LoRA structure) and a device config ``(d, q)``. Blocks are indexed
+``0 … L-1`` from the input; a device of depth ``d`` trains blocks ``L-d … L-1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedquad.device_config import DeviceConfig
+from fedquad.errors import FedquadError
+
+FP32_BYTES = 4
+"""LoRA weights, gradients and transfers are fp32."""
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """What the profiler measures once per (model, task, ``b``, ``s``, LoRA structure)."""
+
+    num_blocks: int
+    frozen_weight_bytes: int
+    """``W``: bytes of the frozen base weights (embeddings, blocks, base head)."""
+    lora_params: tuple[int, ...]
+    """``P_l`` per block ``0 … L-1`` (0 where the block carries no LoRA)."""
+    head_params: int
+    """``P_head``: trainable head parameters (trained and exchanged by every device)."""
+    saved_bytes: tuple[int, ...]
+    """``A_l`` per block when trainable and unquantized."""
+    saved_bytes_bottom: tuple[int, ...]
+    """``A_l`` when block ``l`` is the lowest of the span: its input is then not saved by a
+    trainable block below, so the measurement differs. Used for block ``L-d``."""
+    quant_ratio: dict[int, float]
+    """``ρ_β`` per bit width: quantized / unquantized saved bytes."""
+    head_saved_bytes: int
+    """``A_head``: bytes saved by the head and the loss."""
+    f: float
+    """Seconds: forward of one block."""
+    g: float
+    """Seconds: extra backward of one trainable block."""
+    o: float
+    """Seconds: quantize + dequantize overhead of one quantized block."""
+    c: float
+    """Seconds: embeddings, head, loss and optimizer step."""
+    optimizer_bytes_per_param: int = 8
+    """``e_opt``: 8 for AdamW (two fp32 moments), 0 for plain SGD."""
+    slack_bytes: int = 0
+    """``M_slack``: allocator and workspace overhead added to every config."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Free-form provenance (model name, b, s, host); not used by the model."""
+
+    def __post_init__(self) -> None:
+        n = self.num_blocks
+        if n < 1:
+            raise FedquadError(f"cost profile num_blocks = {n} is not allowed: use >= 1")
+        for name in ("lora_params", "saved_bytes", "saved_bytes_bottom"):
+            values = getattr(self, name)
+            if len(values) != n:
+                raise FedquadError(
+                    f"cost profile {name} has {len(values)} entries: give one per block ({n})"
+                )
+            if any(v < 0 for v in values):
+                raise FedquadError(f"cost profile {name} = {list(values)}: use values >= 0")
+        for bits, ratio in self.quant_ratio.items():
+            if not 0 < ratio <= 1:
+                raise FedquadError(
+                    f"cost profile quant_ratio[{bits}] = {ratio} is not allowed: use 0 < ρ <= 1"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (bit widths become string keys, tuples lists)."""
+        data = asdict(self)
+        data["quant_ratio"] = {str(k): v for k, v in self.quant_ratio.items()}
+        for name in ("lora_params", "saved_bytes", "saved_bytes_bottom"):
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CostProfile:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise FedquadError(
+                f"cost profile has unknown field {unknown[0]!r}: known fields are "
+                f"{', '.join(sorted(known))}"
+            )
+        values = dict(data)
+        values["quant_ratio"] = {int(k): float(v) for k, v in data["quant_ratio"].items()}
+        for name in ("lora_params", "saved_bytes", "saved_bytes_bottom"):
+            values[name] = tuple(int(v) for v in data[name])
+        return cls(**values)
+
+
+class LinkProfile(Protocol):
+    """What :func:`round_time` needs of a device (``fleet.Device`` has it)."""
+
+    @property
+    def slowdown(self) -> float: ...
+    @property
+    def uplink(self) -> float: ...  # bytes/s
+    @property
+    def downlink(self) -> float: ...  # bytes/s
+
+
+@dataclass(frozen=True)
+class RoundTime:
+    """Seconds of one device's round: ``total = compute + download + upload``."""
+
+    compute: float
+    download: float
+    upload: float
+    total: float
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _span(profile: CostProfile, depth: int) -> range:
+    if not 1 <= depth <= profile.num_blocks:
+        raise FedquadError(
+            f"depth {depth} is not allowed: use 1 to the number of blocks {profile.num_blocks}"
+        )
+    return range(profile.num_blocks - depth, profile.num_blocks)
+
+
+def _quantized_set(span: range, quantized: int, position: str) -> set[int]:
+    if not 0 <= quantized <= len(span):
+        raise FedquadError(
+            f"quantized blocks q = {quantized} is not allowed: use 0 to the depth {len(span)}"
+        )
+    if position not in ("bottom", "top"):
+        raise FedquadError(f"quant_position = {position!r} is not allowed: use bottom or top")
+    config = DeviceConfig(depth=len(span), quantized=quantized, quant_position=position)
+    return set(config.quantized_blocks(span.stop))
+
+
+def _ratio(profile: CostProfile, bits: int) -> float:
+    if bits not in profile.quant_ratio:
+        allowed = ", ".join(str(b) for b in sorted(profile.quant_ratio)) or "none profiled"
+        raise FedquadError(f"bits = {bits} has no measured ratio in the profile: use {allowed}")
+    return profile.quant_ratio[bits]
+
+
+def _memory(
+    profile: CostProfile, depth: int, quantized: int, bits: int, position: str = "bottom"
+) -> int:
+    span = _span(profile, depth)
+    return _memory_of(profile, span, _quantized_set(span, quantized, position), bits)
+
+
+def _memory_of(profile: CostProfile, span: range, quant: set[int], bits: int) -> int:
+    ratio = _ratio(profile, bits) if quant else 1.0
+    # Trainable LoRA: weight + grad (fp32) + optimizer state; frozen LoRA below: weight only.
+    per_trainable = 2 * FP32_BYTES + profile.optimizer_bytes_per_param
+    total = profile.frozen_weight_bytes + profile.head_saved_bytes + profile.slack_bytes
+    for block in range(profile.num_blocks):
+        params = profile.lora_params[block]
+        if block not in span:
+            total += params * FP32_BYTES
+            continue
+        total += params * per_trainable
+        bottom = block == span.start
+        saved = profile.saved_bytes_bottom[block] if bottom else profile.saved_bytes[block]
+        # round(ρ·A_l) per block keeps the total a whole number of bytes.
+        total += round(ratio * saved) if block in quant else saved
+    return total
+
+
+# --------------------------------------------------------------------------- §3 formulas
+
+
+def memory_bytes(profile: CostProfile, config: DeviceConfig) -> int:
+    """``M_i(d, q)``: peak bytes of a device training ``config`` (METHODS.md §3).
+
+    The head's weights are counted in ``W`` like the base model's; §3 charges no gradient or
+    optimizer state for the head.
+    """
+    span = _span(profile, config.depth)
+    _quantized_set(span, config.quantized, config.quant_position)  # validates q and position
+    # The trainer's own rule picks the quantized blocks, so the model and the meter agree.
+    quant = set(config.quantized_blocks(profile.num_blocks))
+    return _memory_of(profile, span, quant, config.bits)
+
+
+def step_seconds(profile: CostProfile, config: DeviceConfig, slowdown: float = 1.0) -> float:
+    """``t_i(d, q) = σ·(L·f + d·g + q·o + c)``: one local step."""
+    _quantized_set(_span(profile, config.depth), config.quantized, config.quant_position)
+    return slowdown * (
+        profile.num_blocks * profile.f
+        + config.depth * profile.g
+        + config.quantized * profile.o
+        + profile.c
+    )
+
+
+def upload_bytes(profile: CostProfile, depth: int) -> int:
+    """``up(d) = 4·(Σ_{l∈S} P_l + P_head)``: the span's LoRA and the head, fp32."""
+    span = _span(profile, depth)
+    return FP32_BYTES * (sum(profile.lora_params[b] for b in span) + profile.head_params)
+
+
+def download_bytes(profile: CostProfile) -> int:
+    """``down = 4·(Σ_l P_l + P_head)``: every device receives the whole global LoRA and head."""
+    return FP32_BYTES * (sum(profile.lora_params) + profile.head_params)
+
+
+def round_time(
+    profile: CostProfile, config: DeviceConfig, device: LinkProfile, local_steps: int
+) -> RoundTime:
+    """``T_i = τ·t_i(d,q) + down/β_down + up(d)/β_up`` for one device."""
+    if local_steps < 1:
+        raise FedquadError(f"local_steps = {local_steps} is not allowed: use >= 1")
+    if device.uplink <= 0 or device.downlink <= 0:
+        raise FedquadError(
+            f"bandwidth up={device.uplink}, down={device.downlink} B/s is not allowed: use > 0"
+        )
+    compute = local_steps * step_seconds(profile, config, device.slowdown)
+    down = download_bytes(profile) / device.downlink
+    up = upload_bytes(profile, config.depth) / device.uplink
+    return RoundTime(compute=compute, download=down, upload=up, total=compute + down + up)
+
+
+def full_footprint(profile: CostProfile) -> int:
+    """``M(L, 0)``: full depth, nothing quantized. Fractional memory budgets multiply this."""
+    return _memory(profile, profile.num_blocks, 0, bits=8)
+
+
+def min_quantized(
+    profile: CostProfile,
+    depth: int,
+    budget_bytes: int,
+    kappa: float = 0.1,
+    bits: int = 8,
+    quant_position: str = "bottom",
+) -> int | None:
+    """``q_min(d)``: fewest quantized blocks that fit ``(1-κ)·budget``, or None if none does."""
+    _check_kappa(kappa)
+    limit = (1 - kappa) * budget_bytes
+    for quantized in range(depth + 1):
+        if _memory(profile, depth, quantized, bits, quant_position) <= limit:
+            return quantized
+    return None
+
+
+def largest_feasible_depth(
+    profile: CostProfile,
+    budget_bytes: int,
+    kappa: float = 0.1,
+    quantize: bool = False,
+    bits: int = 8,
+    max_depth: int | None = None,
+    quant_position: str = "bottom",
+) -> int | None:
+    """Deepest ``d ≤ max_depth`` (default ``L``) with ``M(d, q) ≤ (1-κ)·budget``, or None.
+
+    Without ``quantize`` the test uses ``q = 0``; with it, ``q = d`` (every trainable block
+    quantized: the least memory a depth can take). Every depth is checked rather than stopping at
+    the first failure: the bottom-block measurement can make ``M`` non-monotone in ``d``.
+    """
+    _check_kappa(kappa)
+    top = profile.num_blocks if max_depth is None else max_depth
+    if not 1 <= top <= profile.num_blocks:
+        raise FedquadError(
+            f"max_depth = {top} is not allowed: use 1 to the number of blocks {profile.num_blocks}"
+        )
+    limit = (1 - kappa) * budget_bytes
+    best = None
+    for depth in range(1, top + 1):
+        quantized = depth if quantize else 0
+        if _memory(profile, depth, quantized, bits, quant_position) <= limit:
+            best = depth
+    return best
+
+
+def _check_kappa(kappa: float) -> None:
+    if not 0 <= kappa < 1:
+        raise FedquadError(f"safety margin kappa = {kappa} is not allowed: use 0 <= kappa < 1")
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def fit_times(
+    samples: Sequence[tuple[int, int, float]],
+    num_blocks: int,
+    forward_per_block: float | None = None,
+) -> tuple[float, float, float, float]:
+    """Least-squares ``(f, g, o, c)`` from measured steps ``(depth, q, seconds)``.
+
+    Step times alone only identify ``g``, ``o`` and the sum ``K = L·f + c``: every step runs all
+    ``L`` forwards. With a measured ``forward_per_block`` we pin ``f`` and set ``c = K - L·f``;
+    without it we return ``f = 0`` and ``c = K``, which predicts the same step times for this ``L``.
+    If no sample is quantized, ``o`` is unidentifiable and returned as 0.
+    """
+    if num_blocks < 1:
+        raise FedquadError(f"num_blocks = {num_blocks} is not allowed: use >= 1")
+    if len({d for d, _, _ in samples}) < 2:
+        raise FedquadError(
+            f"fit_times got depths {sorted({d for d, _, _ in samples})}: "
+            "give samples at two or more depths"
+        )
+    data = np.asarray(samples, dtype=float)
+    depth, quant, seconds = data[:, 0], data[:, 1], data[:, 2]
+    with_quant = bool(np.any(quant > 0))
+    columns = [depth, quant] if with_quant else [depth]
+    design = np.column_stack([*columns, np.ones_like(depth)])
+    if np.linalg.matrix_rank(design) < design.shape[1]:
+        raise FedquadError(
+            "fit_times samples do not separate depth from quantized blocks: "
+            "vary q independently of d"
+        )
+    coef, *_ = np.linalg.lstsq(design, seconds, rcond=None)
+    g = float(coef[0])
+    o = float(coef[1]) if with_quant else 0.0
+    constant = float(coef[-1])
+    f = 0.0 if forward_per_block is None else float(forward_per_block)
+    return f, g, o, constant - num_blocks * f

@@ -1,0 +1,143 @@
+"""Fleet files (METHODS.md §6): defaults, TOML round trip, one-line errors, seeded draws."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fedquad.cost.fleet import (
+    MB,
+    MIB,
+    FleetSpec,
+    Tier,
+    default_fleet,
+    devices_for_round,
+    fleet_to_toml,
+    load_fleet,
+    sample_round,
+)
+from fedquad.errors import FedquadError
+from fedquad.server.rounds import sample_devices
+
+FOOTPRINT = 7_860_000
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD_TIER = """
+[[tier]]
+name = "small"
+count = 3
+slowdown = 2.0
+memory = 0.5
+uplink_mbps = [1.0, 3.0]
+downlink_mbps = 15.0
+"""
+
+
+def test_default_fleet_matches_methods():
+    spec = default_fleet()
+    assert spec.num_devices == 80 and spec.per_round == 10
+    assert [(t.name, t.count) for t in spec.tiers] == [("small", 30), ("medium", 40), ("large", 10)]
+    assert [t.slowdown for t in spec.tiers] == [2.66, 1.44, 1.0]
+    assert [t.memory for t in spec.tiers] == [0.4, 1.2, 2.0]
+    assert all(t.uplink_mbps == (1.0, 3.0) and t.downlink_mbps == 15.0 for t in spec.tiers)
+
+
+def test_toml_round_trip(tmp_path):
+    spec = default_fleet()
+    assert load_fleet(write(tmp_path, fleet_to_toml(spec))) == spec
+    custom = FleetSpec(
+        tiers=(
+            Tier("pi", 5, slowdown=3.5, memory_mib=512.0, uplink_mbps=(0.5, 0.75)),
+            Tier("jetson", 2, slowdown=1.0, memory=0.9, downlink_mbps=40.0),
+        ),
+        per_round=4,
+        base_slowdown=1.5,
+    )
+    assert load_fleet(write(tmp_path, fleet_to_toml(custom))) == custom
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (
+            GOOD_TIER.replace("slowdown =", "slowdwn ="),
+            r"unknown .* 'slowdwn' \(did you mean 'slowdown'",
+        ),
+        ("per_rnd = 2\n" + GOOD_TIER, r"'per_rnd' \(did you mean 'per_round'"),
+        (GOOD_TIER.replace("slowdown = 2.0", "slowdown = -2.0"), r"slowdown = -2.0 .*> 0"),
+        (GOOD_TIER + "memory_mib = 256\n", r"memory = 0.5 and memory_mib = 256: give exactly one"),
+        (GOOD_TIER.replace("memory = 0.5\n", ""), r"give exactly one"),
+        (GOOD_TIER.replace("[1.0, 3.0]", "[3.0, 1.0]"), r"low <= high"),
+        (GOOD_TIER.replace("count = 3", "count = 0"), r"count = 0"),
+        ("per_round = 4\n" + GOOD_TIER, r"per_round = 4 .*fleet size 3"),
+        ("", r"no \[\[tier\]\]"),
+        ("[[tier]\n", r"not valid TOML"),
+    ],
+)
+def test_bad_fleet_files_raise_one_line(tmp_path, text, match):
+    with pytest.raises(FedquadError, match=match) as info:
+        load_fleet(write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FedquadError, match="does not exist"):
+        load_fleet(tmp_path / "nope.toml")
+
+
+def test_devices_ids_tiers_budgets():
+    spec = default_fleet()
+    devices = devices_for_round(spec, FOOTPRINT, seed=0, round_index=1)
+    assert [d.id for d in devices] == list(range(80))
+    assert [d.tier for d in devices] == ["small"] * 30 + ["medium"] * 40 + ["large"] * 10
+    assert {d.memory_budget_bytes for d in devices[:30]} == {int(0.4 * FOOTPRINT)}
+    assert {d.memory_budget_bytes for d in devices[70:]} == {int(2.0 * FOOTPRINT)}
+    assert all(d.downlink == 15 * MB and d.available for d in devices)
+    slowed = dataclasses.replace(spec, base_slowdown=2.0)
+    assert devices_for_round(slowed, FOOTPRINT, 0, 1)[0].slowdown == pytest.approx(5.32)
+
+
+def test_fractional_budgets_scale_absolute_do_not():
+    spec = FleetSpec(
+        tiers=(Tier("frac", 2, 1.0, memory=1.2), Tier("abs", 2, 1.0, memory_mib=100.0)),
+        per_round=1,
+    )
+    one = devices_for_round(spec, FOOTPRINT, 0, 1)
+    two = devices_for_round(spec, 3 * FOOTPRINT, 0, 1)
+    assert two[0].memory_budget_bytes == int(1.2 * (3 * FOOTPRINT))
+    assert one[0].memory_budget_bytes == int(1.2 * FOOTPRINT)
+    assert one[2].memory_budget_bytes == two[2].memory_budget_bytes == 100 * MIB
+
+
+def test_bandwidth_draws_are_seeded_per_round_and_in_range():
+    spec = default_fleet()
+
+    def uplinks(seed, r):
+        return [d.uplink for d in devices_for_round(spec, FOOTPRINT, seed, r)]
+
+    assert uplinks(7, 3) == uplinks(7, 3)
+    assert uplinks(7, 3) != uplinks(7, 4)
+    assert uplinks(7, 3) != uplinks(8, 3)
+    for r in range(1, 6):
+        values = uplinks(7, r)
+        assert all(1 * MB <= v <= 3 * MB for v in values)
+        assert len(set(values)) == len(values)  # drawn per device, not per tier
+    narrow = FleetSpec(tiers=(Tier("t", 50, 1.0, memory=1.0, uplink_mbps=(0.5, 0.6)),), per_round=5)
+    assert all(0.5 * MB <= d.uplink <= 0.6 * MB for d in devices_for_round(narrow, 10, 1, 1))
+
+
+def test_sample_round_reuses_server_sampler():
+    for r in (1, 2, 3):
+        ids = sample_round(80, 10, seed=5, round_index=r)
+        assert ids == sample_devices(80, 10, 5, r)
+        assert len(set(ids)) == 10 and all(0 <= i < 80 for i in ids)
+    assert sample_round(80, 10, 5, 1) != sample_round(80, 10, 5, 2)
+    with pytest.raises(FedquadError, match="per_round = 81"):
+        sample_round(80, 81, 0, 1)
