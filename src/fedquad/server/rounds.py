@@ -43,11 +43,6 @@ def sample_devices(num_devices: int, per_round: int, seed: int, round_index: int
     return sorted(int(i) for i in rng.choice(num_devices, size=per_round, replace=False))
 
 
-def device_seed(seed: int, round_index: int, device: int) -> int:
-    """A distinct, reproducible seed for one device's local training in one round."""
-    return int(np.random.SeedSequence([seed, round_index, device]).generate_state(1)[0])
-
-
 def run_rounds(
     settings: RoundSettings,
     structure: LoraStructure,
@@ -69,7 +64,8 @@ def run_rounds(
                 round=r,
                 config=cfg,
                 tensors=outcome.state,
-                seed=device_seed(settings.seed, r, d),
+                # distinct per (round, device) while device ids stay below 1009
+                seed=settings.seed * 1_000_003 + r * 1009 + d,
             )
             for d, cfg in plan.configs.items()
         ]
