@@ -100,14 +100,14 @@ def train_local(
     optimizer = _optimizer(model, names, settings)
     generator = torch.Generator().manual_seed(seed)
     quant_generator = torch.Generator().manual_seed(seed + 1)
-    frozen = [p for p in model.parameters()]
+    params = list(model.parameters())  # their storages are never counted or quantized
     losses, seconds = [], []
     saved = SavedBytes()
     for batch in _batches(data, settings.batch_size, settings.local_steps, generator):
         start = time.perf_counter()
         meter = SavedTensorMeter(
             parts.blocks,
-            frozen,
+            params,
             quantized_blocks=config.quantized_blocks(structure.num_blocks),
             spec=QuantSpec(bits=config.bits, group_size=quant.group_size),
             generator=quant_generator,
