@@ -16,7 +16,6 @@ from fedquad.data import load_text_classification, partition_dataset, tokenize_d
 from fedquad.engines.local import LocalExecutor, TensorData
 from fedquad.models.lora import attach_lora, build_structure, get_state, load_state
 from fedquad.models.registry import describe_model, load_sequence_classifier, load_tokenizer
-from fedquad.planners import QuantChoice
 from fedquad.quiet import quiet_libraries
 from fedquad.report.progress import RoundProgress
 from fedquad.report.results import RunWriter, default_run_name, new_run_dir
@@ -101,9 +100,7 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
         eval_every=fed.eval_every,
         weighting=fed.weighting,
         seed=config.seed,
-        quant=QuantChoice(
-            bits=config.quant.bits, position=config.quant.position, blocks=config.quant.blocks
-        ),
+        quant=config.quant,
     )
     with RoundProgress(fed.rounds, enabled=progress) as bar:
 

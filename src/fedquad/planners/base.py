@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedquad.config import QuantConfig
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.models.lora import LoraStructure
@@ -17,17 +18,7 @@ class Plan:
     """Devices that cannot train this round, with the reason."""
 
 
-@dataclass(frozen=True)
-class QuantChoice:
-    """Activation quantization settings the planner passes on to devices."""
-
-    bits: int = 8
-    position: str = "bottom"
-    blocks: int = 0
-    """q for methods that do not choose it per device."""
-
-
-def plan_fedlora(devices: list[int], structure: LoraStructure, quant: QuantChoice) -> Plan:
+def plan_fedlora(devices: list[int], structure: LoraStructure, quant: QuantConfig) -> Plan:
     """FedLoRA: every device trains the full global depth (quantized only if asked)."""
     config = DeviceConfig(
         depth=structure.depth,
@@ -39,9 +30,9 @@ def plan_fedlora(devices: list[int], structure: LoraStructure, quant: QuantChoic
 
 
 def plan_round(
-    method: str, devices: list[int], structure: LoraStructure, quant: QuantChoice | None = None
+    method: str, devices: list[int], structure: LoraStructure, quant: QuantConfig | None = None
 ) -> Plan:
-    quant = quant or QuantChoice()
+    quant = quant or QuantConfig()
     if method == "fedlora":
         return plan_fedlora(devices, structure, quant)
     raise FedquadError(f"method {method!r} is not allowed: use fedlora")

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from fedquad.aggregate import Update, aggregate_per_layer
+from fedquad.config import QuantConfig
 from fedquad.models.lora import LoraStructure, State
-from fedquad.planners import QuantChoice, plan_round
+from fedquad.planners import plan_round
 from fedquad.server.messages import Executor, TrainInstruction
 
 
@@ -28,7 +29,7 @@ class RoundSettings:
     eval_every: int = 1
     weighting: str = "samples"
     seed: int = 0
-    quant: QuantChoice = field(default_factory=QuantChoice)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
 
 @dataclass
