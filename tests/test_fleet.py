@@ -15,6 +15,7 @@ from fedquad.cost.fleet import (
     devices_for_round,
     fleet_to_toml,
     load_fleet,
+    sample_available,
     sample_round,
 )
 from fedquad.errors import FedquadError
@@ -55,7 +56,7 @@ def test_toml_round_trip(tmp_path):
     custom = FleetSpec(
         tiers=(
             Tier("pi", 5, slowdown=3.5, memory_mib=512.0, uplink_mbps=(0.5, 0.75)),
-            Tier("jetson", 2, slowdown=1.0, memory=0.9, downlink_mbps=40.0),
+            Tier("jetson", 2, slowdown=1.0, memory=0.9, downlink_mbps=40.0, availability=0.25),
         ),
         per_round=4,
         base_slowdown=1.5,
@@ -79,6 +80,10 @@ def test_toml_round_trip(tmp_path):
         ("per_round = 4\n" + GOOD_TIER, r"per_round = 4 .*fleet size 3"),
         ("", r"no \[\[tier\]\]"),
         ("[[tier]\n", r"not valid TOML"),
+        (GOOD_TIER + "availability = 0\n", r"availability = 0 .*0 < a <= 1"),
+        (GOOD_TIER + "availability = 1.5\n", r"availability = 1.5 .*0 < a <= 1"),
+        (GOOD_TIER + 'availability = "x"\n', r"availability = 'x' .*0 < a <= 1"),
+        (GOOD_TIER + "availability = true\n", r"availability = True .*0 < a <= 1"),
     ],
 )
 def test_bad_fleet_files_raise_one_line(tmp_path, text, match):
@@ -141,3 +146,77 @@ def test_sample_round_reuses_server_sampler():
     assert sample_round(80, 10, 5, 1) != sample_round(80, 10, 5, 2)
     with pytest.raises(FedquadError, match="per_round = 81"):
         sample_round(80, 81, 0, 1)
+
+
+# --------------------------------------------------------------------------- availability
+
+
+def with_availability(count: int, availability: float) -> FleetSpec:
+    return FleetSpec(
+        tiers=(Tier("t", count, 1.0, memory=1.0, availability=availability),), per_round=10
+    )
+
+
+def test_availability_one_changes_nothing():
+    spec = default_fleet()
+    assert all(t.availability == 1.0 for t in spec.tiers)
+    for r in (1, 2, 3):
+        devices = devices_for_round(spec, FOOTPRINT, seed=4, round_index=r)
+        assert all(d.available for d in devices)
+        assert sample_available(devices, 10, seed=4, round_index=r) == sample_devices(80, 10, 4, r)
+
+
+def test_availability_has_its_own_stream():
+    # Bandwidths must not move when a tier becomes unreliable.
+    full = devices_for_round(with_availability(200, 1.0), FOOTPRINT, 3, 2)
+    half = devices_for_round(with_availability(200, 0.5), FOOTPRINT, 3, 2)
+    assert [d.uplink for d in full] == [d.uplink for d in half]
+
+
+def test_availability_half_is_seeded_and_about_half():
+    spec = with_availability(2000, 0.5)
+
+    def online(seed, r):
+        return [d.available for d in devices_for_round(spec, FOOTPRINT, seed, r)]
+
+    assert online(1, 1) == online(1, 1)
+    assert online(1, 1) != online(1, 2)
+    assert online(1, 1) != online(2, 1)
+    for r in (1, 2, 3):
+        assert 900 <= sum(online(1, r)) <= 1100  # 2000·0.5 ± 4.5σ
+
+
+def test_availability_per_tier():
+    spec = FleetSpec(
+        tiers=(
+            Tier("always", 500, 1.0, memory=1.0),
+            Tier("rare", 500, 1.0, memory=1.0, availability=0.1),
+        ),
+        per_round=10,
+    )
+    devices = devices_for_round(spec, FOOTPRINT, 0, 1)
+    assert all(d.available for d in devices[:500])
+    assert 20 <= sum(d.available for d in devices[500:]) <= 80  # 500·0.1 ± 4.5σ
+
+
+def test_unavailable_devices_are_never_sampled():
+    spec = with_availability(40, 0.3)
+    for r in range(1, 30):
+        devices = devices_for_round(spec, FOOTPRINT, 9, r)
+        online = {d.id for d in devices if d.available}
+        ids = sample_available(devices, 10, 9, r)
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        assert set(ids) <= online
+        assert len(ids) == min(10, len(online))  # fewer only when fewer are online
+        assert ids == sample_available(devices, 10, 9, r)
+
+
+def test_sample_available_with_few_or_none_online():
+    devices = devices_for_round(with_availability(12, 1.0), FOOTPRINT, 0, 1)
+    some = [dataclasses.replace(d, available=d.id in (3, 7)) for d in devices]
+    assert sample_available(some, 10, 0, 1) == [3, 7]
+    none = [dataclasses.replace(d, available=False) for d in devices]
+    assert sample_available(none, 10, 0, 1) == []
+    with pytest.raises(FedquadError, match="per_round = 13 .*fleet size 12") as info:
+        sample_available(devices, 13, 0, 1)
+    assert "\n" not in str(info.value)

@@ -31,11 +31,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
     show = sub.add_parser("config", help="print the resolved config as TOML")
-    show.add_argument("--config")
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _config_args(show)
+    profile = sub.add_parser(
+        "profile", help="measure (or read from the cache) the workload's cost profile and print it"
+    )
+    _config_args(profile)
+    profile.add_argument("--refresh", action="store_true", help="measure again, ignoring the cache")
+    fleet = sub.add_parser("fleet", help="inspect a fleet")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True)
+    fleet_show = fleet_sub.add_parser(
+        "show", help="each tier's budget and largest feasible depth for the config's workload"
+    )
+    _config_args(fleet_show)
+    fleet_show.add_argument("--fleet", help="fleet TOML file or built-in name (default, uniform)")
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
     return parser
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (defaults apply to what it leaves out)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
+    from rich.console import Console
+
+    from fedquad.config import load_config
+    from fedquad.quiet import quiet_libraries
+    from fedquad.report.tables import fleet_table, profile_tables
+    from fedquad.workbench import build_workbench, workload_profile
+
+    quiet_libraries()
+    overrides = [*args.overrides, *([f"fleet.name={fleet!r}"] if fleet else [])]
+    config = load_config(args.config, overrides)
+    console = Console()
+    with console.status("loading the workload and its cost profile (measured once, then cached)"):
+        bench = build_workbench(config)
+        result = workload_profile(bench, refresh=getattr(args, "refresh", False))
+    structure = bench.structure
+    if args.command == "profile":
+        ranks = {b: structure.rank_of(b) for b in structure.lora_blocks}
+        for table in profile_tables(result.profile, ranks):
+            console.print(table)
+        origin = "measured now" if result.measured_now else "from the cache"
+        console.print(f"profile {origin}: {result.path}")
+    else:
+        console.print(
+            fleet_table(
+                bench.fleet, result.profile, config.fleet.kappa, config.quant.bits, structure.depth
+            )
+        )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -49,14 +96,29 @@ def _run(args: argparse.Namespace) -> int:
     s = result.summary
     print(
         f"final accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f}) after "
-        f"{s['rounds']} rounds, {s['host_seconds']:.0f} s host time; results in {result.run_dir}"
+        f"{s['rounds']} rounds: {s['virtual_seconds']:.0f} s virtual (simulated devices), "
+        f"{s['host_seconds']:.0f} s host"
     )
+    reached = s["time_to_target"]
+    if reached is not None:
+        print(
+            f"target accuracy {s['target_accuracy']:.4f} reached in round {reached['round']}: "
+            f"{reached['virtual_seconds']:.0f} s virtual, {reached['host_seconds']:.0f} s host, "
+            f"{reached['bytes'] / 1e6:.1f} MB exchanged"
+        )
+    elif s["target_accuracy"] is not None:
+        print(f"target accuracy {s['target_accuracy']:.4f} not reached")
+    print(f"results in {result.run_dir}")
     return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
+    if args.command == "profile":
+        return _profile(args)
+    if args.command == "fleet":
+        return _profile(args, fleet=args.fleet)
     if args.command == "config":
         from fedquad.config import load_config
 

@@ -101,11 +101,28 @@ class QuantConfig:
 @dataclass
 class FederationConfig:
     rounds: int = 20
-    num_devices: int = 20
-    devices_per_round: int = 5
+    num_devices: int | None = None
+    """Devices in the fleet (default: the fleet's own count; the built-in fleets have 80)."""
+    devices_per_round: int | None = None
+    """Devices sampled per round (default: the fleet's ``per_round``; 10 for the built-in ones)."""
     eval_every: int = 1
     weighting: str = "samples"
     """Aggregation weights: by sample count, or uniform."""
+    target_accuracy: float | None = None
+    """Accuracy that defines "time to target" (default: 95% of the run's final accuracy)."""
+
+
+@dataclass
+class FleetConfig:
+    """The simulated devices (METHODS.md §6)."""
+
+    name: str = "default"
+    """``default`` (small/medium/large tiers 30/40/10), ``uniform`` (identical devices as fast
+    as this host, memory for any config), or a fleet TOML file."""
+    kappa: float = 0.1
+    """Safety margin: a config fits a device when its memory is at most (1 - kappa) x budget."""
+    capacity_gamma: float = 0.7
+    """Weight of history in each device's moving average of its reported capacity."""
 
 
 @dataclass
@@ -122,6 +139,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -152,13 +170,13 @@ class ExperimentConfig:
             ("train.batch_size", self.train.batch_size),
             ("train.eval_batch_size", self.train.eval_batch_size),
             ("federation.rounds", self.federation.rounds),
-            ("federation.num_devices", self.federation.num_devices),
-            ("federation.devices_per_round", self.federation.devices_per_round),
             ("federation.eval_every", self.federation.eval_every),
             ("data.shards_per_partition", self.data.shards_per_partition),
         ]:
             _check_positive(key, value)
         for key, opt in [
+            ("federation.num_devices", self.federation.num_devices),
+            ("federation.devices_per_round", self.federation.devices_per_round),
             ("lora.depth", self.lora.depth),
             ("data.max_train_samples", self.data.max_train_samples),
             ("data.max_test_samples", self.data.max_test_samples),
@@ -190,7 +208,23 @@ class ExperimentConfig:
                     f"lora.ranks has {len(self.lora.ranks)} entries but lora.depth = "
                     f"{self.lora.depth}: give one rank per LoRA block"
                 )
-        if self.federation.devices_per_round > self.federation.num_devices:
+        target = self.federation.target_accuracy
+        if target is not None and not 0 < target <= 1:
+            raise FedquadError(
+                f"federation.target_accuracy = {target!r} is not allowed: use a number in (0, 1]"
+            )
+        if not 0 <= self.fleet.kappa < 1:
+            raise FedquadError(f"fleet.kappa = {self.fleet.kappa!r}: use a number in [0, 1)")
+        if not 0 <= self.fleet.capacity_gamma < 1:
+            raise FedquadError(
+                f"fleet.capacity_gamma = {self.fleet.capacity_gamma!r}: use a number in [0, 1)"
+            )
+        fed = self.federation
+        if (
+            fed.devices_per_round is not None
+            and fed.num_devices is not None
+            and fed.devices_per_round > fed.num_devices
+        ):
             raise FedquadError(
                 f"federation.devices_per_round = {self.federation.devices_per_round} is more than "
                 f"federation.num_devices = {self.federation.num_devices}"

@@ -9,6 +9,7 @@ from fedquad.cost.fleet import (
     fleet_from_dict,
     fleet_to_toml,
     load_fleet,
+    sample_available,
     sample_round,
 )
 from fedquad.cost.model import (
@@ -22,6 +23,7 @@ from fedquad.cost.model import (
     memory_bytes,
     min_quantized,
     round_time,
+    saved_bytes,
     step_seconds,
     upload_bytes,
 )
@@ -45,7 +47,9 @@ __all__ = [
     "memory_bytes",
     "min_quantized",
     "round_time",
+    "sample_available",
     "sample_round",
+    "saved_bytes",
     "step_seconds",
     "upload_bytes",
 ]

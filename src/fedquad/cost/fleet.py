@@ -38,6 +38,8 @@ class Tier:
     """Uplink drawn uniformly in this range (MB/s) per device per round."""
     downlink_mbps: float = 15.0
     """Downlink in MB/s."""
+    availability: float = 1.0
+    """Probability that a device of the tier is online in a round (drawn per device per round)."""
 
     def budget_bytes(self, full_footprint_bytes: int) -> int:
         if self.memory is not None:
@@ -59,6 +61,7 @@ class Device:
     downlink: float
     """Bytes/s."""
     available: bool = True
+    """Online this round; only online devices can be sampled."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,12 @@ def _positive(key: str, value: Any) -> None:
         raise FedquadError(f"{key} = {value!r} is not allowed: use a number > 0")
 
 
+def _probability(key: str, value: Any) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0 < value <= 1:  # NaN fails the comparison too
+        raise FedquadError(f"{key} = {value!r} is not allowed: use a probability 0 < a <= 1")
+
+
 def _check_tier(tier: Tier) -> None:
     where = f"fleet tier {tier.name!r}"
     if not isinstance(tier.name, str) or not tier.name:
@@ -139,6 +148,7 @@ def _check_tier(tier: Tier) -> None:
     if low_high[0] > low_high[1]:
         raise FedquadError(f"{where} uplink_mbps = {list(low_high)}: use low <= high")
     _positive(f"{where} downlink_mbps", tier.downlink_mbps)
+    _probability(f"{where} availability", tier.availability)
 
 
 def _tier_from_dict(index: int, data: Any) -> Tier:
@@ -201,6 +211,7 @@ def fleet_to_toml(spec: FleetSpec) -> str:
             table["memory_mib"] = tier.memory_mib
         table["uplink_mbps"] = list(tier.uplink_mbps)
         table["downlink_mbps"] = tier.downlink_mbps
+        table["availability"] = tier.availability
         tiers.append(table)
     doc = {"per_round": spec.per_round, "base_slowdown": spec.base_slowdown, "tier": tiers}
     return tomli_w.dumps(doc)
@@ -210,6 +221,8 @@ def fleet_to_toml(spec: FleetSpec) -> str:
 
 _BANDWIDTH_STREAM = 1
 """Extra seed word: bandwidth draws must not share a stream with the device sample of a round."""
+_AVAILABILITY_STREAM = 2
+"""Extra seed word of the online draws: a stream of their own leaves every bandwidth unchanged."""
 
 
 def devices_for_round(
@@ -217,14 +230,15 @@ def devices_for_round(
 ) -> list[Device]:
     """Every device of the fleet for this round, ids ``0 … N-1`` in tier order.
 
-    Uplinks are drawn for all devices (not only the sampled ones) so a device's bandwidth in a
-    round does not depend on which method or sample is run.
+    Uplinks and availability are drawn for all devices (not only the sampled ones) so a device's
+    bandwidth and presence in a round do not depend on which method or sample is run.
     """
     if full_footprint_bytes < 1:
         raise FedquadError(
             f"full footprint = {full_footprint_bytes} bytes is not allowed: use >= 1"
         )
     rng = np.random.default_rng([seed, round_index, _BANDWIDTH_STREAM])
+    online = _online(spec, seed, round_index)
     devices: list[Device] = []
     for tier in spec.tiers:
         low, high = tier.uplink_mbps
@@ -239,9 +253,39 @@ def devices_for_round(
                     memory_budget_bytes=budget,
                     uplink=float(uplink),
                     downlink=tier.downlink_mbps * MB,
+                    available=online[len(devices)],
                 )
             )
     return devices
+
+
+def _online(spec: FleetSpec, seed: int, round_index: int) -> list[bool]:
+    """Per device in id order: online this round with its tier's probability."""
+    rng = np.random.default_rng([seed, round_index, _AVAILABILITY_STREAM])
+    draws = rng.random(spec.num_devices)
+    chance = np.repeat([t.availability for t in spec.tiers], [t.count for t in spec.tiers])
+    # draws lie in [0, 1), so availability 1.0 keeps every device online.
+    return [bool(d) for d in draws < chance]
+
+
+def sample_available(
+    devices: list[Device], per_round: int, seed: int, round_index: int
+) -> list[int]:
+    """Ids trained this round: ``per_round`` drawn uniformly among the online devices, sorted.
+
+    Fewer are returned when fewer are online. The draw uses the server sampler's seed, so with
+    every device online it equals ``fedquad.server.rounds.sample_devices``.
+    """
+    if not 1 <= per_round <= len(devices):
+        raise FedquadError(
+            f"per_round = {per_round} is not allowed: use 1 to the fleet size {len(devices)}"
+        )
+    online = [d.id for d in devices if d.available]
+    size = min(per_round, len(online))
+    if size == 0:
+        return []
+    rng = np.random.default_rng([seed, round_index])
+    return sorted(online[int(i)] for i in rng.choice(len(online), size=size, replace=False))
 
 
 def sample_round(num_devices: int, per_round: int, seed: int, round_index: int) -> list[int]:

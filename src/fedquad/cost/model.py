@@ -52,6 +52,11 @@ class CostProfile:
     """``e_opt``: 8 for AdamW (two fp32 moments), 0 for plain SGD."""
     slack_bytes: int = 0
     """``M_slack``: allocator and workspace overhead added to every config."""
+    saved_bytes_quantized: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """Measured ``A_l`` per block when quantized, per bit width (exact, unlike ``ρ_β·A_l``);
+    bit widths missing here fall back to ``ρ_β·A_l``."""
+    saved_bytes_bottom_quantized: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """The same for block ``l`` as the lowest block of the span."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     """Free-form provenance (model name, b, s, host); not used by the model."""
 
@@ -67,6 +72,13 @@ class CostProfile:
                 )
             if any(v < 0 for v in values):
                 raise FedquadError(f"cost profile {name} = {list(values)}: use values >= 0")
+        for name in ("saved_bytes_quantized", "saved_bytes_bottom_quantized"):
+            for bits, values in getattr(self, name).items():
+                if len(values) != n or any(v < 0 for v in values):
+                    raise FedquadError(
+                        f"cost profile {name}[{bits}] = {list(values)}: "
+                        f"give one value >= 0 per block ({n})"
+                    )
         for bits, ratio in self.quant_ratio.items():
             if not 0 < ratio <= 1:
                 raise FedquadError(
@@ -79,6 +91,8 @@ class CostProfile:
         data["quant_ratio"] = {str(k): v for k, v in self.quant_ratio.items()}
         for name in ("lora_params", "saved_bytes", "saved_bytes_bottom"):
             data[name] = list(data[name])
+        for name in ("saved_bytes_quantized", "saved_bytes_bottom_quantized"):
+            data[name] = {str(k): list(v) for k, v in data[name].items()}
         return data
 
     @classmethod
@@ -94,6 +108,8 @@ class CostProfile:
         values["quant_ratio"] = {int(k): float(v) for k, v in data["quant_ratio"].items()}
         for name in ("lora_params", "saved_bytes", "saved_bytes_bottom"):
             values[name] = tuple(int(v) for v in data[name])
+        for name in ("saved_bytes_quantized", "saved_bytes_bottom_quantized"):
+            values[name] = {int(k): tuple(int(x) for x in v) for k, v in data.get(name, {}).items()}
         return cls(**values)
 
 
@@ -155,20 +171,34 @@ def _memory(
 
 
 def _memory_of(profile: CostProfile, span: range, quant: set[int], bits: int) -> int:
-    ratio = _ratio(profile, bits) if quant else 1.0
     # Trainable LoRA: weight + grad (fp32) + optimizer state; frozen LoRA below: weight only.
     per_trainable = 2 * FP32_BYTES + profile.optimizer_bytes_per_param
-    total = profile.frozen_weight_bytes + profile.head_saved_bytes + profile.slack_bytes
-    for block in range(profile.num_blocks):
-        params = profile.lora_params[block]
-        if block not in span:
-            total += params * FP32_BYTES
-            continue
-        total += params * per_trainable
+    lora = sum(
+        params * (per_trainable if block in span else FP32_BYTES)
+        for block, params in enumerate(profile.lora_params)
+    )
+    fixed = profile.frozen_weight_bytes + profile.slack_bytes
+    return fixed + lora + _saved_of(profile, span, quant, bits)
+
+
+def _saved_of(profile: CostProfile, span: range, quant: set[int], bits: int) -> int:
+    """``Σ_{l∈S\\Q} A_l + ρ_β·Σ_{l∈Q} A_l + A_head``: every saved-activation term of §3.
+
+    Where the profile measured a block's quantized bytes at ``bits`` they replace ``ρ_β·A_l``.
+    """
+    exact = profile.saved_bytes_quantized.get(bits) if quant else None
+    exact_bottom = profile.saved_bytes_bottom_quantized.get(bits) if quant else None
+    ratio = _ratio(profile, bits) if quant and (exact is None or exact_bottom is None) else 1.0
+    total = profile.head_saved_bytes
+    for block in span:
         bottom = block == span.start
         saved = profile.saved_bytes_bottom[block] if bottom else profile.saved_bytes[block]
-        # round(ρ·A_l) per block keeps the total a whole number of bytes.
-        total += round(ratio * saved) if block in quant else saved
+        if block not in quant:
+            total += saved
+        elif exact is not None and exact_bottom is not None:
+            total += exact_bottom[block] if bottom else exact[block]
+        else:
+            total += round(ratio * saved)  # per block, so the total is a whole number of bytes
     return total
 
 
@@ -186,6 +216,18 @@ def memory_bytes(profile: CostProfile, config: DeviceConfig) -> int:
     # The trainer's own rule picks the quantized blocks, so the model and the meter agree.
     quant = set(config.quantized_blocks(profile.num_blocks))
     return _memory_of(profile, span, quant, config.bits)
+
+
+def saved_bytes(profile: CostProfile, config: DeviceConfig) -> int:
+    """Bytes ``config`` saves for backward in one step: the activation terms of ``M_i(d, q)``.
+
+    The head's ``A_head`` is included, as the trainer's saved-tensor meter counts the head in its
+    total; comparing this with a measured total gives a device's memory factor.
+    """
+    span = _span(profile, config.depth)
+    _quantized_set(span, config.quantized, config.quant_position)  # validates q and position
+    quant = set(config.quantized_blocks(profile.num_blocks))
+    return _saved_of(profile, span, quant, config.bits)
 
 
 def step_seconds(profile: CostProfile, config: DeviceConfig, slowdown: float = 1.0) -> float:

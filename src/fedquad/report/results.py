@@ -70,7 +70,13 @@ class RunWriter:
             os.fsync(f.fileno())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        self.write_json("summary.json", summary)
+
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write_text(self.dir / name, json.dumps(data, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.dir / name, text)
 
     @property
     def adapter_dir(self) -> Path:

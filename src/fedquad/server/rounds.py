@@ -1,7 +1,15 @@
-"""The server's round logic: sample → plan → send → receive → aggregate → evaluate → record."""
+"""The server's round logic: sample → plan → send → receive → aggregate → evaluate → record.
+
+Each round the fleet's devices are drawn for the round (bandwidth, availability), the planner
+plans from the server's capacity estimates, the executor trains, and the virtual clock advances
+by the slowest trained device's round time ``T^h`` (METHODS.md §3, §6), computed from the
+measured host cost profile and each device's true slowdown and bandwidth. Host wall-clock time
+is recorded beside it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -12,9 +20,14 @@ import numpy as np
 
 from fedquad.aggregate import Update, aggregate_per_layer
 from fedquad.config import QuantConfig
-from fedquad.models.lora import LoraStructure, State
-from fedquad.planners import plan_round
-from fedquad.server.messages import Executor, TrainInstruction
+from fedquad.cost.fleet import Device, FleetSpec, devices_for_round, sample_available
+from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
+from fedquad.errors import FedquadError
+from fedquad.models.lora import State
+from fedquad.planners import PlanContext, plan_round
+from fedquad.server.capacity import CapacityEstimator, Report
+from fedquad.server.clock import RoundTiming, VirtualClock, time_round
+from fedquad.server.messages import Executor, TrainInstruction, TrainReply
 
 
 def tensor_bytes(state: State) -> int:
@@ -25,17 +38,21 @@ def tensor_bytes(state: State) -> int:
 class RoundSettings:
     method: str
     rounds: int
-    devices_per_round: int
     eval_every: int = 1
     weighting: str = "samples"
     seed: int = 0
     quant: QuantConfig = field(default_factory=QuantConfig)
+    local_steps: int = 10
+    kappa: float = 0.1
+    capacity_gamma: float = 0.7
 
 
 @dataclass
 class RoundsOutcome:
     state: State
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    clock: VirtualClock = field(default_factory=VirtualClock)
+    capacity: CapacityEstimator = field(default_factory=CapacityEstimator)
 
 
 def sample_devices(num_devices: int, per_round: int, seed: int, round_index: int) -> list[int]:
@@ -44,52 +61,74 @@ def sample_devices(num_devices: int, per_round: int, seed: int, round_index: int
     return sorted(int(i) for i in rng.choice(num_devices, size=per_round, replace=False))
 
 
+def device_seed(seed: int, round_index: int, device: int) -> int:
+    """The training seed of one device in one round: distinct for every (round, device)."""
+    return int(np.random.SeedSequence([seed, round_index, device]).generate_state(1)[0])
+
+
 def run_rounds(
     settings: RoundSettings,
-    structure: LoraStructure,
+    fleet: FleetSpec,
+    profile: CostProfile,
+    lora_depth: int,
     executor: Executor,
     state: State,
     on_round: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> RoundsOutcome:
     """Run every round from the initial global ``state``; ``on_round`` gets each metrics record."""
-    outcome = RoundsOutcome(state=state)
-    num_devices = len(executor.device_samples())
+    outcome = RoundsOutcome(state=state, capacity=CapacityEstimator(gamma=settings.capacity_gamma))
+    footprint = full_footprint(profile)
+    ctx = PlanContext(
+        profile=profile,
+        lora_depth=lora_depth,
+        quant=settings.quant,
+        kappa=settings.kappa,
+        local_steps=settings.local_steps,
+    )
+    if len(executor.device_samples()) != fleet.num_devices:
+        raise FedquadError(
+            f"the executor has data for {len(executor.device_samples())} devices but the fleet "
+            f"has {fleet.num_devices}: partition the data for the fleet"
+        )
     host_total = 0.0
     for r in range(1, settings.rounds + 1):
         start = time.perf_counter()
-        sampled = sample_devices(num_devices, settings.devices_per_round, settings.seed, r)
-        plan = plan_round(settings.method, sampled, structure, settings.quant)
+        devices = devices_for_round(fleet, footprint, settings.seed, r)
+        sampled = sample_available(devices, fleet.per_round, settings.seed, r)
+        estimates = [_estimate(outcome.capacity, devices[d]) for d in sampled]
+        plan = plan_round(settings.method, estimates, ctx)
         instructions = [
             TrainInstruction(
                 device_id=d,
                 round=r,
                 config=cfg,
                 tensors=outcome.state,
-                # distinct per (round, device) while device ids stay below 1009
-                seed=settings.seed * 1_000_003 + r * 1009 + d,
+                seed=device_seed(settings.seed, r, d),
             )
             for d, cfg in plan.configs.items()
         ]
         replies = executor.train(instructions)
         updates = [Update(reply.tensors, reply.num_samples) for reply in replies]
+        down_bytes = tensor_bytes(outcome.state)
         outcome.state = aggregate_per_layer(outcome.state, updates, settings.weighting)
+        trained = {reply.device_id: devices[reply.device_id] for reply in replies}
+        configs = {d: plan.configs[d] for d in trained}
+        timing = time_round(profile, configs, trained, settings.local_steps)
+        outcome.clock.advance(timing)
+        for reply in replies:
+            outcome.capacity.observe(_report(profile, configs, trained, reply), profile)
         record: dict[str, Any] = {
             "round": r,
             "sampled": sampled,
+            "offline": sum(not d.available for d in devices),
             "sat_out": {str(k): v for k, v in plan.sat_out.items()},
             "devices": [
-                {
-                    "device": reply.device_id,
-                    "depth": plan.configs[reply.device_id].depth,
-                    "quantized": plan.configs[reply.device_id].quantized,
-                    "bits": plan.configs[reply.device_id].bits,
-                    "num_samples": reply.num_samples,
-                    "bytes_down": tensor_bytes(outcome.state),
-                    "bytes_up": tensor_bytes(reply.tensors),
-                    **_device_measurements(reply.measurements),
-                }
+                _device_record(reply, devices, configs, timing, profile, down_bytes)
                 for reply in replies
             ],
+            "virtual_seconds": timing.seconds,
+            "virtual_seconds_total": outcome.clock.now,
+            "straggler": timing.straggler,
         }
         if replies:
             total = sum(u.num_samples for u in updates)
@@ -107,6 +146,70 @@ def run_rounds(
         outcome.metrics.append(record)
         on_round(record)
     return outcome
+
+
+def _estimate(capacity: CapacityEstimator, declared: Device) -> Device:
+    """The server's view of a device: its declared profile corrected by what it reported.
+
+    A device whose saved activations turned out larger than predicted (``memory_factor > 1``)
+    is planned as if its budget were that much smaller.
+    """
+    estimate = capacity.estimate(declared)
+    factor = capacity.memory_factor(declared.id)
+    if factor > 1:
+        estimate = dataclasses.replace(
+            estimate, memory_budget_bytes=int(estimate.memory_budget_bytes / factor)
+        )
+    return estimate
+
+
+def _report(
+    profile: CostProfile,
+    configs: dict[int, Any],
+    devices: dict[int, Device],
+    reply: TrainReply,
+) -> Report:
+    """What a simulated device reports: its step time is the cost model's for its true slowdown
+    (deterministic for a seed), its bandwidth this round's draw, its saved bytes the trainer's
+    exact measurement. A real device reports its own measured values instead."""
+    device, config = devices[reply.device_id], configs[reply.device_id]
+    return Report(
+        device=device.id,
+        config=config,
+        step_seconds=step_seconds(profile, config, device.slowdown),
+        uplink=device.uplink,
+        downlink=device.downlink,
+        saved_bytes=reply.measurements.get("peak_saved_bytes"),
+    )
+
+
+def _device_record(
+    reply: TrainReply,
+    devices: list[Device],
+    configs: dict[int, Any],
+    timing: RoundTiming,
+    profile: CostProfile,
+    down_bytes: int,
+) -> dict[str, Any]:
+    device, config, times = devices[reply.device_id], configs[reply.device_id], timing.devices
+    t = times[reply.device_id]
+    return {
+        "device": reply.device_id,
+        "tier": device.tier,
+        "depth": config.depth,
+        "quantized": config.quantized,
+        "bits": config.bits,
+        "num_samples": reply.num_samples,
+        "bytes_down": down_bytes,
+        "bytes_up": tensor_bytes(reply.tensors),
+        "memory_bytes": memory_bytes(profile, config),
+        "memory_budget_bytes": device.memory_budget_bytes,
+        "compute_seconds": t.compute,
+        "download_seconds": t.download,
+        "upload_seconds": t.upload,
+        "waiting_seconds": t.waiting,
+        **_device_measurements(reply.measurements),
+    }
 
 
 def _device_measurements(measurements: dict[str, Any]) -> dict[str, Any]:
@@ -127,3 +230,18 @@ def best_accuracy(metrics: list[dict[str, Any]]) -> float | None:
 def median_step_seconds(metrics: list[dict[str, Any]]) -> float | None:
     values = [d["median_step_seconds"] for m in metrics for d in m["devices"]]
     return statistics.median(values) if values else None
+
+
+def time_to_target(metrics: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """Virtual and host time, round and bytes at the first evaluation reaching ``target``."""
+    bytes_total = 0
+    for m in metrics:
+        bytes_total += m["bytes_up"] + m["bytes_down"]
+        if m.get("test_accuracy", -1.0) >= target:
+            return {
+                "round": m["round"],
+                "virtual_seconds": m["virtual_seconds_total"],
+                "host_seconds": m["host_seconds_total"],
+                "bytes": bytes_total,
+            }
+    return None

@@ -96,6 +96,12 @@ class QuantizedTensor:
             return _dequantize(self)
 
 
+def quantized_nbytes(numel: int, spec: QuantSpec) -> int:
+    """Bytes :func:`quantize` holds for ``numel`` elements: packed codes, fp16 scale and minimum."""
+    groups = math.ceil(numel / spec.group_size)
+    return math.ceil(numel / (8 // spec.bits)) + 2 * 2 * groups
+
+
 def _codes_per_byte(bits: int) -> int:
     if bits not in _ALLOWED_BITS:
         raise ValueError(f"bits={bits!r} is not supported; allowed: {_ALLOWED_BITS}")

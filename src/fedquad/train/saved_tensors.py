@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedquad.train.quantizer import QuantizedTensor, QuantSpec, quantize
+from fedquad.train.quantizer import QuantizedTensor, QuantSpec, quantize, quantized_nbytes
 
 HEAD = -1  # bucket for tensors saved outside the blocks
 
@@ -77,6 +77,16 @@ class SavedBytes:
     """Bytes held per block index (``-1``: outside the blocks: embeddings, head, loss)."""
     unquantized_per_block: dict[int, int] = field(default_factory=dict)
     """What the same tensors would have held without quantization."""
+    quantizable: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    """Per block, ``(elements, bytes)`` of each storage held unquantized that quantization
+    would compress: with it, the bytes of any quantized variant follow without running one."""
+
+    def quantized_per_block(self, spec: QuantSpec) -> dict[int, int]:
+        """Bytes each block would hold if its quantizable storages were quantized with ``spec``."""
+        out = dict(self.per_block)
+        for block, storages in self.quantizable.items():
+            out[block] -= sum(nbytes - quantized_nbytes(numel, spec) for numel, nbytes in storages)
+        return out
 
     @property
     def total(self) -> int:
@@ -144,6 +154,9 @@ class SavedTensorMeter:
             if key not in self._seen:
                 self._seen.add(key)
                 self._count(block, nbytes, nbytes)
+                if self._quantizable(t):
+                    numel = nbytes // t.element_size()
+                    self.saved.quantizable.setdefault(block, []).append((numel, nbytes))
             return t
 
         return pack

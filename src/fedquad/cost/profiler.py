@@ -1,0 +1,308 @@
+"""The profiler of METHODS.md §3: measure a workload's cost profile with real training steps.
+
+Everything the cost model needs is measured on this host with the trainer itself
+(:func:`fedquad.train.local.train_local`), so the model predicts what the trainer does:
+
+- saved-activation bytes per block, counted exactly by the trainer's saved-tensor hooks: one
+  step at every depth ``1 … D`` (block ``L-d`` is then the bottom of the span, which saves less
+  than a block with a trainable block below it). Quantized bytes follow exactly from the sizes
+  of the storages quantization would compress (``SavedBytes.quantized_per_block``), so no
+  quantized step is needed for them;
+- the time terms by timing real steps at depths ``1, ⌈D/2⌉, D`` unquantized and at depth ``D``
+  with every block quantized, fitting ``g``, ``o`` and ``L·f + c``; ``f`` is the mean forward
+  time of a frozen block, timed with block hooks.
+
+The profile is cached on disk, keyed by everything it depends on (:func:`profile_key`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedquad.config import QuantConfig, TrainConfig
+from fedquad.cost.model import CostProfile, fit_times
+from fedquad.device_config import DeviceConfig
+from fedquad.models.lora import (
+    LoraStructure,
+    block_of,
+    federated_param_names,
+    get_state,
+    is_head_param,
+    load_state,
+)
+from fedquad.models.registry import ModelParts
+from fedquad.train.local import train_local
+from fedquad.train.quantizer import QuantSpec
+from fedquad.train.saved_tensors import HEAD, SavedBytes
+
+PROFILE_VERSION = 1
+"""Bump when what the profiler measures changes: old cache entries are then ignored."""
+
+BITS = (8, 4, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSettings:
+    timed_steps: int = 3
+    """Timed steps per timing point (their median is used), after one warm-up step."""
+    bits: tuple[int, ...] = BITS
+
+
+def profile_workload(
+    model: nn.Module,
+    parts: ModelParts,
+    structure: LoraStructure,
+    batch: dict[str, torch.Tensor],
+    train: TrainConfig,
+    quant: QuantConfig,
+    settings: ProfileSettings | None = None,
+) -> CostProfile:
+    """Measure the cost profile of training ``structure`` on batches shaped like ``batch``.
+
+    ``batch`` holds ``train.batch_size`` samples padded to the sequence length. The model's
+    federated tensors and the global torch RNG are restored afterwards, so profiling does not
+    change the run that follows.
+    """
+    settings = settings or ProfileSettings()
+    num_blocks, top = structure.num_blocks, structure.depth
+    batch = _take(batch, train.batch_size)
+    before = get_state(model)
+    rng = torch.get_rng_state()
+    try:
+        saved = {
+            d: _saved_at_depth(model, parts, structure, batch, train, quant, d)
+            for d in range(1, top + 1)
+        }
+        times, forward = _time_steps(model, parts, structure, batch, train, quant, settings)
+    finally:
+        load_state(model, before)
+        torch.set_rng_state(rng)
+
+    mid, bottom = _per_block(saved, num_blocks, lambda s: s.per_block)
+    quantized: dict[int, tuple[int, ...]] = {}
+    quantized_bottom: dict[int, tuple[int, ...]] = {}
+    for bits in settings.bits:
+        spec = QuantSpec(bits=bits, group_size=quant.group_size)
+        quantized[bits], quantized_bottom[bits] = _per_block(
+            saved, num_blocks, functools.partial(SavedBytes.quantized_per_block, spec=spec)
+        )
+    full = saved[top]
+    span_blocks = [b for b in full.per_block if b != HEAD]
+    unquantized_total = sum(full.per_block[b] for b in span_blocks)
+    ratio = {}
+    for bits in settings.bits:
+        held = full.quantized_per_block(QuantSpec(bits=bits, group_size=quant.group_size))
+        ratio[bits] = sum(held[b] for b in span_blocks) / max(1, unquantized_total)
+    f, g, o, c = fit_times(times, num_blocks, forward_per_block=forward)
+    lora, head = _param_counts(model, parts, num_blocks)
+    return CostProfile(
+        num_blocks=num_blocks,
+        frozen_weight_bytes=_frozen_bytes(model),
+        lora_params=lora,
+        head_params=head,
+        saved_bytes=mid,
+        saved_bytes_bottom=bottom,
+        quant_ratio={b: r for b, r in ratio.items() if r > 0},
+        head_saved_bytes=full.per_block.get(HEAD, 0),
+        f=f,
+        g=g,
+        o=o,
+        c=c,
+        optimizer_bytes_per_param=0 if train.optimizer == "sgd" else 8,
+        saved_bytes_quantized=quantized,
+        saved_bytes_bottom_quantized=quantized_bottom,
+        extra={"timed": [list(t) for t in times], "lora_depth": top},
+    )
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+def _one_step(train: TrainConfig, steps: int = 1) -> TrainConfig:
+    return dataclasses.replace(train, local_steps=steps)
+
+
+def _saved_at_depth(
+    model: nn.Module,
+    parts: ModelParts,
+    structure: LoraStructure,
+    batch: dict[str, torch.Tensor],
+    train: TrainConfig,
+    quant: QuantConfig,
+    depth: int,
+) -> SavedBytes:
+    config = DeviceConfig(depth=depth, quantized=0, bits=quant.bits)
+    batch_train = dataclasses.replace(train, batch_size=len(batch["labels"]))
+    return train_local(
+        model, parts, structure, batch, config, _one_step(batch_train), 0, quant
+    ).saved
+
+
+def _per_block(
+    saved: dict[int, SavedBytes],
+    num_blocks: int,
+    values: Callable[[SavedBytes], dict[int, int]],
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(A_l, A_l as the bottom of the span)`` per block from the step at every depth.
+
+    A block's inner value comes from the deepest step (where it has a trainable block below);
+    blocks no step trained inside a span (the lowest LoRA block, and blocks below the global
+    depth ``D``) repeat the nearest measured value: they are never charged in that role, but
+    ``M(L, 0)`` (the fleet's reference footprint) needs every block.
+    """
+    top = max(saved)
+    deepest = values(saved[top])
+    lowest = num_blocks - top
+    bottom = [0] * num_blocks
+    for depth, measured in saved.items():
+        bottom[num_blocks - depth] = values(measured).get(num_blocks - depth, 0)
+    mid = [deepest.get(b, 0) for b in range(num_blocks)]
+    inner = mid[lowest + 1] if lowest + 1 < num_blocks else bottom[lowest]
+    mid[lowest] = inner
+    for b in range(lowest):  # below D: extrapolate from the lowest LoRA block
+        mid[b], bottom[b] = inner, bottom[lowest]
+    return tuple(mid), tuple(bottom)
+
+
+def _param_counts(
+    model: nn.Module, parts: ModelParts, num_blocks: int
+) -> tuple[tuple[int, ...], int]:
+    params = dict(model.named_parameters())
+    lora = [0] * num_blocks
+    head = 0
+    for name in federated_param_names(model):
+        if is_head_param(name):
+            head += params[name].numel()
+        else:
+            block = block_of(name, parts)
+            assert block is not None, name
+            lora[block] += params[name].numel()
+    return tuple(lora), head
+
+
+def _frozen_bytes(model: nn.Module) -> int:
+    """``W``: every parameter that is not a federated (LoRA or head) tensor."""
+    federated = set(federated_param_names(model))
+    return sum(
+        p.numel() * p.element_size() for n, p in model.named_parameters() if n not in federated
+    )
+
+
+# --------------------------------------------------------------------------- time
+
+
+@contextmanager
+def _block_forward_timer(blocks: nn.ModuleList, below: int) -> Iterator[list[float]]:
+    """Seconds of each forward of blocks ``0 … below-1`` (the frozen prefix) while active."""
+    seconds: list[float] = []
+    starts: dict[int, float] = {}
+    handles = []
+    for index in range(below):
+        block = blocks[index]
+        handles.append(
+            block.register_forward_pre_hook(
+                lambda *_, i=index: starts.__setitem__(i, time.perf_counter())
+            )
+        )
+        handles.append(
+            block.register_forward_hook(
+                lambda *_, i=index: seconds.append(time.perf_counter() - starts[i])
+            )
+        )
+    try:
+        yield seconds
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _time_steps(
+    model: nn.Module,
+    parts: ModelParts,
+    structure: LoraStructure,
+    batch: dict[str, torch.Tensor],
+    train: TrainConfig,
+    quant: QuantConfig,
+    settings: ProfileSettings,
+) -> tuple[list[tuple[int, int, float]], float | None]:
+    """Median step seconds at a few ``(d, q)`` and the mean forward seconds of a frozen block."""
+    top, num_blocks = structure.depth, structure.num_blocks
+    points = sorted({(1, 0), ((top + 1) // 2, 0), (top, 0), (top, top)})
+    steps = _one_step(train, settings.timed_steps + 1)
+    samples: list[tuple[int, int, float]] = []
+    forward: float | None = None
+    for depth, q in points:
+        config = DeviceConfig(depth=depth, quantized=q, bits=quant.bits)
+        frozen = num_blocks - depth if depth == 1 else 0
+        with _block_forward_timer(parts.blocks, frozen) as block_seconds:
+            result = train_local(model, parts, structure, batch, config, steps, 0, quant)
+        samples.append((depth, q, statistics.median(result.step_seconds[1:])))
+        if block_seconds:
+            # drop the warm-up step's forwards, then the median over steps of the mean per block
+            per_step = [
+                block_seconds[i : i + frozen] for i in range(frozen, len(block_seconds), frozen)
+            ]
+            forward = statistics.median(statistics.fmean(s) for s in per_step)
+    return samples, forward
+
+
+def _take(batch: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+    """Exactly ``size`` samples (repeated if the batch is smaller): the trainer's batch shape."""
+    n = len(batch["labels"])
+    times = -(-size // n)
+    return {k: v.repeat(times, *([1] * (v.dim() - 1)))[:size] for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def profile_key(**fields: Any) -> dict[str, Any]:
+    """The cache key: the caller's workload fields plus this host and library versions."""
+    return {
+        **fields,
+        "profile_version": PROFILE_VERSION,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def cached_profile(
+    key: dict[str, Any], measure: Callable[[], CostProfile], cache_root: Path, refresh: bool = False
+) -> tuple[CostProfile, Path, bool]:
+    """The cached profile for ``key``, measured (and stored atomically) when missing.
+
+    Returns ``(profile, path, measured_now)``.
+    """
+    text = json.dumps(key, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = cache_root / "profiles" / f"{digest}.json"
+    if path.exists() and not refresh:
+        try:
+            stored = json.loads(path.read_text())
+            if stored.get("key") == json.loads(text):
+                return CostProfile.from_dict(stored["profile"]), path, False
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable or foreign entry: measure again and overwrite
+    profile = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"key": json.loads(text), "profile": profile.to_dict()}, indent=1))
+    os.replace(tmp, path)
+    return profile, path, True

@@ -1,0 +1,174 @@
+"""Capacity estimation of METHODS.md §3: plan each round from what devices measured before.
+
+After a round every trained device reports its measured step time, transfer rates and (when
+metered) saved bytes. The server keeps, per device, an exponential moving average
+
+    estimate <- γ·estimate + (1 - γ)·observation
+
+where ``γ`` (default 0.7) is the weight of history: ``γ = 0`` follows the last report only. A
+device's first report sets its estimate to that observation rather than blending it with the
+declared profile: the declared numbers are a guess, the report is a measurement. Until a device
+has reported, the server plans from its declared profile. Torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from fedquad.cost.fleet import Device
+from fedquad.cost.model import CostProfile, saved_bytes, step_seconds
+from fedquad.device_config import DeviceConfig
+from fedquad.errors import FedquadError
+
+_FIELDS = ("slowdown", "uplink", "downlink", "memory_factor")
+"""Per-device estimates; the first three replace the declared :class:`Device` fields."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a device tells the server after a round."""
+
+    device: int
+    config: DeviceConfig
+    step_seconds: float
+    """Measured seconds per local step of ``config``."""
+    uplink: float
+    """Bytes/s it observed sending its update."""
+    downlink: float
+    """Bytes/s it observed receiving the global model."""
+    saved_bytes: int | None = None
+    """Measured bytes saved for backward in one step (blocks and head); None if not metered."""
+
+    def __post_init__(self) -> None:
+        where = f"report of device {self.device}"
+        _positive(f"{where} step_seconds", self.step_seconds)
+        _positive(f"{where} uplink", self.uplink)
+        _positive(f"{where} downlink", self.downlink)
+        if self.saved_bytes is not None:
+            value = self.saved_bytes
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise FedquadError(
+                    f"{where} saved_bytes = {value!r} is not allowed: use a whole number > 0"
+                )
+
+
+class CapacityEstimator:
+    """Per-device moving averages of slowdown, bandwidths and memory factor."""
+
+    def __init__(self, gamma: float = 0.7) -> None:
+        _check_gamma(gamma)
+        self.gamma = gamma
+        self._estimates: dict[int, dict[str, float]] = {}
+
+    def observe(self, report: Report, profile: CostProfile) -> None:
+        """Blend one report into its device's estimates."""
+        observed = _observations(report, profile)  # first, so a bad report leaves no trace
+        state = self._estimates.setdefault(report.device, {})
+        for name, value in observed.items():
+            state[name] = _blend(state.get(name), value, self.gamma)
+
+    def estimate(self, declared: Device) -> Device:
+        """``declared`` with slowdown and bandwidths replaced where the device has reported."""
+        state = self._estimates.get(declared.id, {})
+        return dataclasses.replace(
+            declared,
+            slowdown=state.get("slowdown", declared.slowdown),
+            uplink=state.get("uplink", declared.uplink),
+            downlink=state.get("downlink", declared.downlink),
+        )
+
+    def memory_factor(self, device: int) -> float:
+        """Measured / predicted saved bytes; 1.0 until the device reports a measurement."""
+        return self._estimates.get(device, {}).get("memory_factor", 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (device ids become string keys)."""
+        devices = {str(i): dict(self._estimates[i]) for i in sorted(self._estimates)}
+        return {"gamma": self.gamma, "devices": devices}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CapacityEstimator:
+        unknown = sorted(set(data) - {"gamma", "devices"})
+        if unknown:
+            raise FedquadError(
+                f"capacity estimator has unknown field {unknown[0]!r}: known are devices, gamma"
+            )
+        estimator = cls(gamma=data.get("gamma", 0.7))
+        for key, state in data.get("devices", {}).items():
+            estimator._estimates[_device_id(key)] = _state_from_dict(key, state)
+        return estimator
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _observations(report: Report, profile: CostProfile) -> dict[str, float]:
+    """One report as ratios to the host profile (slowdown, memory factor) and raw rates."""
+    predicted = step_seconds(profile, report.config, 1.0)
+    if predicted <= 0:
+        raise FedquadError(
+            f"cost profile predicts {predicted} s per step for {report.config}: "
+            "a measured step time needs a positive prediction"
+        )
+    values = {
+        "slowdown": report.step_seconds / predicted,
+        "uplink": report.uplink,
+        "downlink": report.downlink,
+    }
+    if report.saved_bytes is not None:
+        expected = saved_bytes(profile, report.config)
+        if expected <= 0:
+            raise FedquadError(
+                f"cost profile predicts {expected} saved bytes for {report.config}: "
+                "a measured memory factor needs a positive prediction"
+            )
+        values["memory_factor"] = report.saved_bytes / expected
+    return values
+
+
+def _blend(previous: float | None, observation: float, gamma: float) -> float:
+    # The first observation replaces the declared value instead of averaging with it.
+    if previous is None:
+        return observation
+    return gamma * previous + (1 - gamma) * observation
+
+
+def _check_gamma(gamma: Any) -> None:
+    ok = isinstance(gamma, int | float) and not isinstance(gamma, bool)
+    if not ok or not 0 <= gamma < 1:  # NaN fails the comparison too
+        raise FedquadError(
+            f"capacity estimator gamma = {gamma!r} is not allowed: use 0 <= gamma < 1"
+        )
+
+
+def _positive(key: str, value: Any) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise FedquadError(f"{key} = {value!r} is not allowed: use a number > 0")
+
+
+def _device_id(key: Any) -> int:
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        raise FedquadError(
+            f"capacity estimator device {key!r} is not allowed: use a whole-number id"
+        ) from None
+
+
+def _state_from_dict(key: Any, state: Any) -> dict[str, float]:
+    if not isinstance(state, dict):
+        raise FedquadError(
+            f"capacity estimator device {key!r} = {state!r}: use a table of {', '.join(_FIELDS)}"
+        )
+    for name, value in state.items():
+        if name not in _FIELDS:
+            raise FedquadError(
+                f"capacity estimator device {key!r} has unknown field {name!r}: "
+                f"known are {', '.join(_FIELDS)}"
+            )
+        _positive(f"capacity estimator device {key!r} {name}", value)
+    return {name: float(value) for name, value in state.items()}

@@ -1,0 +1,204 @@
+"""Everything a run is built from: data per device, the model with LoRA, the fleet, the profile.
+
+``fedquad run``, ``fedquad profile`` and ``fedquad fleet show`` all start here, so they see the
+same workload (and so the same cached cost profile).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+
+from fedquad.config import ExperimentConfig
+from fedquad.cost.fleet import FleetSpec, Tier, default_fleet, load_fleet
+from fedquad.cost.model import CostProfile
+from fedquad.cost.profiler import ProfileSettings, cached_profile, profile_key, profile_workload
+from fedquad.data import load_text_classification, partition_dataset, tokenize_dataset
+from fedquad.engines.local import TensorData
+from fedquad.errors import FedquadError
+from fedquad.models.lora import LoraStructure, attach_lora, block_linear_targets, build_structure
+from fedquad.models.registry import (
+    ModelParts,
+    cache_dir,
+    describe_model,
+    load_sequence_classifier,
+    load_tokenizer,
+)
+
+BUILTIN_FLEETS = ("default", "uniform")
+
+
+@dataclass
+class Workbench:
+    config: ExperimentConfig
+    label_names: list[str]
+    model: PeftModel
+    """The classifier with LoRA attached."""
+    parts: ModelParts
+    structure: LoraStructure
+    fleet: FleetSpec
+    device_data: list[TensorData]
+    """Tokenized samples of each device, by device id."""
+    test_data: TensorData
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    profile: CostProfile
+    path: Path
+    measured_now: bool
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+def _sized(spec: FleetSpec, num_devices: int, per_round: int) -> FleetSpec:
+    """The built-in tiers in their proportions, scaled to ``num_devices`` (largest remainder)."""
+    total = spec.num_devices
+    exact = [t.count * num_devices / total for t in spec.tiers]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[: num_devices - sum(counts)]:
+        counts[i] += 1
+    tiers = tuple(
+        dataclasses.replace(t, count=n) for t, n in zip(spec.tiers, counts, strict=True) if n
+    )
+    return dataclasses.replace(spec, tiers=tiers, per_round=per_round)
+
+
+def uniform_fleet(num_devices: int = 80, per_round: int = 10) -> FleetSpec:
+    """Identical devices as fast as this host with memory for any config (no constraint)."""
+    return FleetSpec(
+        tiers=(Tier(name="uniform", count=num_devices, slowdown=1.0, memory=10.0),),
+        per_round=per_round,
+    )
+
+
+def resolve_fleet(config: ExperimentConfig) -> FleetSpec:
+    """The config's fleet, with ``federation.num_devices`` / ``devices_per_round`` applied."""
+    fed, name = config.federation, config.fleet.name
+    if name in BUILTIN_FLEETS:
+        spec = default_fleet() if name == "default" else uniform_fleet()
+        num = fed.num_devices or spec.num_devices
+        per_round = fed.devices_per_round or min(spec.per_round, num)
+        if per_round > num:
+            raise FedquadError(
+                f"federation.devices_per_round = {per_round} is more than the fleet's "
+                f"{num} devices: use at most {num}"
+            )
+        return _sized(spec, num, per_round)
+    if not Path(name).is_file():
+        raise FedquadError(
+            f"fleet.name = {name!r} is neither a built-in fleet ({', '.join(BUILTIN_FLEETS)}) "
+            "nor a fleet TOML file"
+        )
+    spec = load_fleet(name)
+    for key, asked, has in [
+        ("num_devices", fed.num_devices, spec.num_devices),
+        ("devices_per_round", fed.devices_per_round, spec.per_round),
+    ]:
+        if asked is not None and asked != has:
+            raise FedquadError(
+                f"federation.{key} = {asked} but fleet file {name!r} gives {has}: "
+                "leave it unset or make them equal"
+            )
+    return spec
+
+
+# --------------------------------------------------------------------------- workload
+
+
+def build_workbench(config: ExperimentConfig) -> Workbench:
+    """Load and partition the data and the model for ``config`` (validated first)."""
+    config.validate()
+    fleet = resolve_fleet(config)
+    dc = config.data
+    data = load_text_classification(
+        dc.name,
+        text_column=dc.text_column,
+        label_column=dc.label_column,
+        test_fraction=dc.test_fraction,
+        seed=config.seed,
+        max_train_samples=dc.max_train_samples,
+        max_test_samples=dc.max_test_samples,
+    )
+    tokenizer = load_tokenizer(config.model.name)
+    model = load_sequence_classifier(config.model.name, data.num_labels)
+    parts = describe_model(model)
+    lc = config.lora
+    structure = build_structure(parts.num_blocks, lc.depth, lc.rank, lc.ranks, lc.alpha, lc.dropout)
+    peft_model = attach_lora(model, parts, structure)
+    train_tok = tokenize_dataset(data.train, tokenizer, config.model.max_length)
+    partitions = partition_dataset(
+        train_tok,
+        fleet.num_devices,
+        dc.partition,
+        alpha=dc.alpha,
+        shards_per_partition=dc.shards_per_partition,
+        min_partition_size=dc.min_partition_size,
+        seed=config.seed,
+    )
+    return Workbench(
+        config=config,
+        label_names=data.label_names,
+        model=peft_model,
+        parts=parts,
+        structure=structure,
+        fleet=fleet,
+        device_data=[to_tensors(p) for p in partitions],
+        test_data=to_tensors(tokenize_dataset(data.test, tokenizer, config.model.max_length)),
+    )
+
+
+def to_tensors(dataset: Any) -> TensorData:
+    """Tokenized dataset → the dict of tensors the trainer batches from."""
+    # One materialisation into plain tensors: a dataset column is a lazy view that decodes
+    # from Arrow on every slice.
+    rows = dataset.with_format("torch", columns=["input_ids", "attention_mask", "label"])[:]
+    return {
+        "input_ids": rows["input_ids"],
+        "attention_mask": rows["attention_mask"],
+        "labels": rows["label"],
+    }
+
+
+def workload_profile(
+    bench: Workbench, refresh: bool = False, settings: ProfileSettings | None = None
+) -> ProfileResult:
+    """The cost profile of the bench's workload: from the cache, or measured now and cached."""
+    config, parts, structure = bench.config, bench.parts, bench.structure
+    settings = settings or ProfileSettings()
+    train, quant = config.train, config.quant
+    key = profile_key(
+        model=config.model.name,
+        family=parts.family,
+        num_blocks=parts.num_blocks,
+        hidden_size=parts.hidden_size,
+        params=sum(p.numel() for p in bench.model.parameters()),
+        task="sequence-classification",
+        num_labels=len(bench.label_names),
+        batch_size=train.batch_size,
+        max_length=config.model.max_length,
+        ranks=list(structure.ranks),
+        lora_alpha=structure.alpha,
+        lora_dropout=structure.dropout,
+        targets=block_linear_targets(parts),
+        optimizer=train.optimizer,
+        frozen_prefix_eval=train.frozen_prefix_eval,
+        quant_bits=quant.bits,
+        group_size=quant.group_size,
+        min_numel=quant.min_numel,
+        profiled_bits=list(settings.bits),
+        timed_steps=settings.timed_steps,
+    )
+    batch = next(d for d in bench.device_data if len(d["labels"]))
+
+    def measure() -> CostProfile:
+        return profile_workload(bench.model, parts, structure, batch, train, quant, settings)
+
+    profile, path, measured = cached_profile(key, measure, cache_dir(), refresh)
+    return ProfileResult(profile=profile, path=path, measured_now=measured)

@@ -1,0 +1,148 @@
+"""The profiler against the trainer: predictions of the cost model from a measured profile must
+match real measurements (saved bytes exactly for every (d, q); host step time within 25%)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from conftest import make_batch
+from fedquad.config import QuantConfig, TrainConfig
+from fedquad.cost.model import CostProfile, saved_bytes, step_seconds
+from fedquad.cost.profiler import ProfileSettings, cached_profile, profile_workload
+from fedquad.device_config import DeviceConfig
+from fedquad.models.lora import attach_lora, build_structure, get_state
+from fedquad.models.registry import describe_model, load_sequence_classifier
+from fedquad.train.local import train_local
+
+RANKS = [8, 8, 4, 4, 2, 2]  # per-block ranks from the output, so P_l differs per block
+
+
+@pytest.fixture(scope="module")
+def workload():
+    torch.manual_seed(0)
+    model = load_sequence_classifier("minilm", num_labels=2)
+    parts = describe_model(model)
+    structure = build_structure(parts.num_blocks, ranks=RANKS)
+    return attach_lora(model, parts, structure), parts, structure
+
+
+def _step(workload, batch, config, train, quant=None):
+    model, parts, structure = workload
+    return train_local(model, parts, structure, batch, config, train, 0, quant)
+
+
+def test_predicted_saved_bytes_equal_measured_for_every_config(workload):
+    model, parts, structure = workload
+    train = TrainConfig(local_steps=1, batch_size=4)
+    quant = QuantConfig()
+    batch = make_batch(4, 32)
+    profile = profile_workload(
+        model, parts, structure, batch, train, quant, ProfileSettings(timed_steps=1)
+    )
+    configs = [  # every (d, q) at 8 bits, both positions; every depth fully quantized at 4 and 2
+        DeviceConfig(depth, q, bits=8, quant_position=position)
+        for depth in range(1, parts.num_blocks + 1)
+        for q in range(depth + 1)
+        for position in (("bottom", "top") if 0 < q < depth else ("bottom",))
+    ] + [DeviceConfig(d, d, bits=b) for b in (4, 2) for d in range(1, parts.num_blocks + 1)]
+    for config in configs:
+        measured = _step(workload, batch, config, train, quant).saved.total
+        assert saved_bytes(profile, config) == measured, config
+    # quantization really is charged less, and 4 bits less than 8
+    full = DeviceConfig(6, 6, bits=8)
+    assert saved_bytes(profile, full) < 0.3 * saved_bytes(profile, DeviceConfig(6, 0))
+    assert profile.quant_ratio[4] < profile.quant_ratio[8]
+
+
+def test_profile_counts_lora_and_head_parameters_per_block(workload):
+    model, parts, structure = workload
+    profile = profile_workload(
+        model,
+        parts,
+        structure,
+        make_batch(4, 16),
+        TrainConfig(batch_size=4),
+        QuantConfig(),
+        ProfileSettings(timed_steps=1),
+    )
+    hidden = parts.hidden_size
+    # A and B of q, k, v, attention output (hidden x hidden) and the two FFN linears
+    for block, rank in zip(range(5, -1, -1), RANKS, strict=True):
+        per_rank = 4 * 2 * hidden + 2 * (hidden + 4 * hidden)
+        assert profile.lora_params[block] == rank * per_rank
+    assert profile.head_params > 0
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert sum(profile.lora_params) == lora
+
+
+def test_profiling_leaves_the_model_and_the_rng_as_they_were(workload):
+    model, parts, structure = workload
+    before = {k: v.clone() for k, v in get_state(model).items()}
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    profile_workload(
+        model,
+        parts,
+        structure,
+        make_batch(4, 16),
+        TrainConfig(batch_size=4),
+        QuantConfig(),
+        ProfileSettings(timed_steps=1),
+    )
+    assert torch.equal(torch.rand(3), expected)
+    after = get_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_predicted_step_time_within_25_percent_of_measured(workload):
+    model, parts, structure = workload
+    train = TrainConfig(batch_size=8, local_steps=6)
+    batch = make_batch(8, 64, seed=1)
+    profile = profile_workload(model, parts, structure, batch, train, QuantConfig())
+    for depth in (1, 3, 6):
+        config = DeviceConfig(depth)
+        measured = statistics.median(_step(workload, batch, config, train).step_seconds[1:])
+        predicted = step_seconds(profile, config)
+        assert abs(predicted - measured) <= 0.25 * measured, (depth, predicted, measured)
+
+
+def _tiny_profile(g: float = 0.1) -> CostProfile:
+    return CostProfile(
+        num_blocks=2,
+        frozen_weight_bytes=10,
+        lora_params=(1, 1),
+        head_params=1,
+        saved_bytes=(5, 5),
+        saved_bytes_bottom=(4, 4),
+        quant_ratio={8: 0.3},
+        head_saved_bytes=1,
+        f=0.1,
+        g=g,
+        o=0.01,
+        c=0.2,
+    )
+
+
+def test_cached_profile_measures_once_per_key_and_survives_a_corrupt_entry(tmp_path):
+    calls = []
+
+    def measure(g=0.1):
+        calls.append(g)
+        return _tiny_profile(g)
+
+    key = {"model": "m", "batch_size": 4}
+    first, path, fresh = cached_profile(key, measure, tmp_path)
+    again, same_path, fresh_again = cached_profile(key, measure, tmp_path)
+    assert fresh and not fresh_again and path == same_path and first == again
+    assert len(calls) == 1
+    _, other, _ = cached_profile({**key, "batch_size": 8}, lambda: measure(0.2), tmp_path)
+    assert other != path and len(calls) == 2
+    path.write_text("{not json")
+    repaired, _, measured = cached_profile(key, measure, tmp_path)
+    assert measured and repaired == first and len(calls) == 3
+    _, _, refreshed = cached_profile(key, measure, tmp_path, refresh=True)
+    assert refreshed and len(calls) == 4
