@@ -78,3 +78,45 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.stderr.strip() == (
         "error: federation.rounds = -1 is not allowed: use a whole number >= 1"
     )
+
+
+WORKLOAD = [
+    *("--set", "data.max_train_samples=100"),
+    *("--set", "data.partition=iid"),
+    *("--set", "model.max_length=32"),
+    *("--set", "train.batch_size=4"),
+]
+SMALL_WORKLOAD = [
+    *WORKLOAD,
+    *("--set", "federation.num_devices=8"),
+    *("--set", "federation.devices_per_round=2"),
+]
+
+
+def test_profile_command_measures_once_then_reads_the_cache(capsys):
+    code, out, _ = run_cli(capsys, "profile", *SMALL_WORKLOAD)
+    assert code == 0
+    assert "M(L, 0)" in out and "per block" in out and "measured now" in out
+    code, again, _ = run_cli(capsys, "profile", *SMALL_WORKLOAD)
+    assert code == 0 and "from the cache" in again
+
+
+def test_fleet_show_gives_each_tier_its_largest_feasible_depth(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "fleet", "show", *SMALL_WORKLOAD)
+    assert code == 0
+    assert "8 devices, 2 per round" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if "│" in line}
+    assert {"small", "medium", "large"} <= set(rows)
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        'per_round = 1\n[[tier]]\nname = "tiny"\ncount = 8\nslowdown = 3.0\nmemory_mib = 1.0\n'
+    )
+    code, out, _ = run_cli(capsys, "fleet", "show", *WORKLOAD, "--fleet", str(fleet))
+    assert code == 0
+    tiny = next(line for line in out.splitlines() if "tiny" in line)
+    assert tiny.count("none") == 2  # 1 MiB holds no depth, quantized or not
+
+
+def test_fleet_show_rejects_a_fleet_that_is_no_file(capsys):
+    code, _, err = run_cli(capsys, "fleet", "show", "--fleet", "no-such-fleet")
+    assert_one_line_error(code, err, "no-such-fleet")

@@ -108,6 +108,11 @@ def profile_workload(
         held = full.quantized_per_block(QuantSpec(bits=bits, group_size=quant.group_size))
         ratio[bits] = sum(held[b] for b in span_blocks) / max(1, unquantized_total)
     f, g, o, c = fit_times(times, num_blocks, forward_per_block=forward)
+    if c < 0:
+        # A frozen block's forward (timed) can exceed the fitted constant's share: the
+        # embeddings, head and optimizer are then too cheap to separate. Only L·f + c enters
+        # any prediction, so keep that sum and put it all in f.
+        f, c = f + c / num_blocks, 0.0
     lora, head = _param_counts(model, parts, num_blocks)
     return CostProfile(
         num_blocks=num_blocks,

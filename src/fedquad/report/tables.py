@@ -73,10 +73,10 @@ def fleet_table(
             f"M(L, 0) = {_mib(footprint)} MiB, margin κ = {kappa}"
         )
     )
-    for name in ["tier", "devices", "σ", "budget MiB", "uplink MB/s", "downlink MB/s", "online"]:
+    for name in ["tier", "n", "σ", "budget MiB", "up MB/s", "down MB/s", "online"]:
         table.add_column(name, justify="right" if name != "tier" else "left")
     table.add_column("max depth", justify="right")
-    table.add_column(f"max depth, {bits}-bit all blocks", justify="right")
+    table.add_column(f"max depth q=d {bits}b", justify="right")
     for tier in spec.tiers:
         budget = tier.budget_bytes(footprint)
         plain = largest_feasible_depth(profile, budget, kappa, max_depth=max_depth)
