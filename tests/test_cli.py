@@ -85,6 +85,7 @@ WORKLOAD = [
     *("--set", "data.partition=iid"),
     *("--set", "model.max_length=32"),
     *("--set", "train.batch_size=4"),
+    *("--set", "profile.timed_steps=1"),
 ]
 SMALL_WORKLOAD = [
     *WORKLOAD,

@@ -146,3 +146,17 @@ def test_cached_profile_measures_once_per_key_and_survives_a_corrupt_entry(tmp_p
     assert measured and repaired == first and len(calls) == 3
     _, _, refreshed = cached_profile(key, measure, tmp_path, refresh=True)
     assert refreshed and len(calls) == 4
+
+
+def test_predicted_saved_bytes_of_fedra_subsets_equal_measured(workload):
+    model, parts, structure = workload
+    train = TrainConfig(local_steps=1, batch_size=4)
+    batch = make_batch(4, 32)
+    profile = profile_workload(
+        model, parts, structure, batch, train, QuantConfig(), ProfileSettings(timed_steps=1)
+    )
+    assert profile.saved_bytes_path and profile.saved_bytes_path[2] < profile.saved_bytes[2]
+    for blocks in [(0, 5), (1, 3, 5), (2, 4), (3, 4, 5), (0, 2, 3)]:
+        config = DeviceConfig(depth=6 - blocks[0], blocks=blocks)
+        measured = _step(workload, batch, config, train).saved.total
+        assert saved_bytes(profile, config) == measured, blocks

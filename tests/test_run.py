@@ -22,6 +22,7 @@ from fedquad.device_config import DeviceConfig
 from fedquad.report.results import read_metrics
 
 SMALL = [
+    "method='fedlora'",
     "data.max_train_samples=240",
     "data.max_test_samples=64",
     "model.max_length=32",
@@ -32,6 +33,7 @@ SMALL = [
     "train.batch_size=8",
     "lora.depth=2",
     "fleet.name=uniform",  # memory for every config: the same devices train in every variant
+    "profile.timed_steps=1",
 ]
 
 
@@ -165,3 +167,41 @@ def test_fedlora_on_the_default_fleet_sits_out_exactly_the_devices_without_memor
     assert summary["virtual_seconds"] == pytest.approx(clock)
     assert summary["device_rounds_sat_out"] == sat_out
     assert summary["time_to_target"]["virtual_seconds"] <= clock
+
+
+@pytest.mark.parametrize("method", list(fedquad.config.METHODS))
+def test_every_method_runs_end_to_end_on_the_default_fleet(method, tmp_path):
+    overrides = [o for o in SMALL if not o.startswith(("fleet.", "federation.", "lora."))]
+    config = load_config(
+        None,
+        [
+            *overrides,
+            f"method={method!r}",
+            "federation.rounds=2",
+            "federation.num_devices=8",
+            "federation.devices_per_round=4",
+            "train.local_steps=1",
+            "model.max_length=64",
+            "train.batch_size=16",
+            f"output_dir={tmp_path}",
+        ],
+    )
+    result = fedquad.run(config)
+    profile = CostProfile.from_dict(json.loads((result.run_dir / "cost_profile.json").read_text()))
+    metrics = read_metrics(result.run_dir)
+    trained = [d for m in metrics for d in m["devices"]]
+    assert trained, method
+    for d in trained:
+        config_d = DeviceConfig(
+            d["depth"],
+            d["quantized"],
+            d["bits"],
+            rank=d.get("rank"),
+            blocks=tuple(d["blocks"]) if "blocks" in d else None,
+        )
+        assert d["bytes_up"] == upload_bytes(profile, config_d), (method, d)
+        assert d["memory_bytes"] <= 0.9 * d["memory_budget_bytes"]
+    if method in ("fedquad", "joint"):
+        assert all(not m["sat_out"] for m in metrics)
+    assert 0 <= result.summary["final_accuracy"] <= 1
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").exists()

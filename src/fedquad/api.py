@@ -19,10 +19,10 @@ from fedquad.quiet import quiet_libraries
 from fedquad.report.progress import RoundProgress
 from fedquad.report.results import RunWriter, default_run_name, new_run_dir
 from fedquad.server.rounds import (
-    RoundSettings,
     best_accuracy,
     median_step_seconds,
     run_rounds,
+    settings_for,
     time_to_target,
 )
 from fedquad.workbench import build_workbench, workload_profile
@@ -68,17 +68,7 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
     writer.write_json("cost_profile.json", profiled.profile.to_dict())
     writer.write_text("fleet.toml", fleet_to_toml(bench.fleet))
     fed = config.federation
-    settings = RoundSettings(
-        method=config.method,
-        rounds=fed.rounds,
-        eval_every=fed.eval_every,
-        weighting=fed.weighting,
-        seed=config.seed,
-        quant=config.quant,
-        local_steps=config.train.local_steps,
-        kappa=config.fleet.kappa,
-        capacity_gamma=config.fleet.capacity_gamma,
-    )
+    settings = settings_for(config)
     with RoundProgress(fed.rounds, enabled=progress) as bar:
 
         def on_round(record: dict[str, Any]) -> None:

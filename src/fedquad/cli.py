@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_args(fleet_show)
     fleet_show.add_argument("--fleet", help="fleet TOML file or built-in name (default, uniform)")
+    plan = sub.add_parser(
+        "plan", help="print the config the method gives each sampled device in one round"
+    )
+    _config_args(plan)
+    plan.add_argument("--round", type=int, default=1, help="which round (default 1)")
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
     return parser
@@ -59,7 +64,7 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
 
     from fedquad.config import load_config
     from fedquad.quiet import quiet_libraries
-    from fedquad.report.tables import fleet_table, profile_tables
+    from fedquad.report.tables import fleet_table, plan_table, profile_tables
     from fedquad.workbench import build_workbench, workload_profile
 
     quiet_libraries()
@@ -70,7 +75,19 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
         bench = build_workbench(config)
         result = workload_profile(bench, refresh=getattr(args, "refresh", False))
     structure = bench.structure
-    if args.command == "profile":
+    if args.command == "plan":
+        from fedquad.server.capacity import CapacityEstimator
+        from fedquad.server.rounds import RoundPlanner, settings_for
+
+        if args.round < 1:
+            raise FedquadError(f"--round {args.round} is not allowed: use a round >= 1")
+        samples = [len(d["labels"]) for d in bench.device_data]
+        planner = RoundPlanner(
+            settings_for(config), bench.fleet, result.profile, structure.depth, samples
+        )
+        planned = planner.plan(args.round, CapacityEstimator())
+        console.print(plan_table(planned, planner.ctx, config.method, args.round))
+    elif args.command == "profile":
         ranks = {b: structure.rank_of(b) for b in structure.lora_blocks}
         for table in profile_tables(result.profile, ranks):
             console.print(table)
@@ -79,7 +96,12 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
     else:
         console.print(
             fleet_table(
-                bench.fleet, result.profile, config.fleet.kappa, config.quant.bits, structure.depth
+                bench.fleet,
+                result.profile,
+                config.fleet.kappa,
+                config.quant.bits,
+                structure.depth,
+                config.lora.rank,
             )
         )
     return 0
@@ -119,6 +141,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _profile(args)
     if args.command == "fleet":
         return _profile(args, fleet=args.fleet)
+    if args.command == "plan":
+        return _profile(args)
     if args.command == "config":
         from fedquad.config import load_config
 

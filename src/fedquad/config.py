@@ -18,7 +18,18 @@ import tomllib
 
 from fedquad.errors import FedquadError, unknown_key
 
-METHODS = ("fedlora",)
+METHODS = (
+    "fedquad",
+    "legend",
+    "joint",
+    "fedlora",
+    "hetlora",
+    "flexlora",
+    "fedra",
+    "fedquad-noquant",
+)
+DEADLINES = ("anchored", "search")
+RANK_DISTRIBUTIONS = ("halving", "uniform", "linear")
 ENGINES = ("local",)
 PARTITIONS = ("iid", "dirichlet", "shards")
 OPTIMIZERS = ("adamw", "sgd")
@@ -126,8 +137,41 @@ class FleetConfig:
 
 
 @dataclass
+class PlannerConfig:
+    """Options of the planners (METHODS.md §4); each applies to the methods named."""
+
+    min_depth: int = 1
+    """``d_min`` (fedquad, legend, joint, fedquad-noquant)."""
+    epsilon: float = 0.05
+    """Deadline slack: ``T* = (1 + ε)·max_i T_i(cheapest)`` (fedquad, legend, joint)."""
+    deadline: str = "anchored"
+    """``anchored`` (straggler-anchored greedy) or ``search`` (best progress per second)."""
+    progress_lambda: float = 0.25
+    """``λ``: the progress cost of one quantized block in ``deadline = search``."""
+    block_weights: list[float] | None = None
+    """``w_k`` of the k-th block from the output in ``deadline = search`` (default all 1)."""
+    rank_distribution: str = "halving"
+    """LEGEND's ranks over its ``D`` blocks (legend, joint): halving, uniform or linear."""
+    rank_total: int | None = None
+    """LEGEND's total rank ``R`` (default ``lora.rank × L``: as many parameters as uniform
+    rank on every block)."""
+    legend_depth: int | None = None
+    """LEGEND's global depth ``D`` (default ``⌈L/2⌉``)."""
+    hetlora_ranks: list[int] | None = None
+    """Ranks HetLoRA and FlexLoRA choose from (default ``r/4, r/2, r, 2r``)."""
+
+
+@dataclass
+class ProfileConfig:
+    """How the workload's cost profile is measured (once, then cached)."""
+
+    timed_steps: int = 4
+    """Timed steps per timing point (after one warm-up); the fastest is used."""
+
+
+@dataclass
 class ExperimentConfig:
-    method: str = "fedlora"
+    method: str = "fedquad"
     engine: str = "local"
     seed: int = 0
     output_dir: str = "runs"
@@ -140,6 +184,8 @@ class ExperimentConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -154,6 +200,25 @@ class ExperimentConfig:
         _check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         _check_choice("federation.weighting", self.federation.weighting, WEIGHTINGS)
         _check_choice("quant.position", self.quant.position, QUANT_POSITIONS)
+        _check_choice("planner.deadline", self.planner.deadline, DEADLINES)
+        _check_choice(
+            "planner.rank_distribution", self.planner.rank_distribution, RANK_DISTRIBUTIONS
+        )
+        pc = self.planner
+        if not pc.epsilon >= 0:
+            raise FedquadError(f"planner.epsilon = {pc.epsilon!r}: use a number >= 0")
+        if not pc.progress_lambda >= 0:
+            raise FedquadError(
+                f"planner.progress_lambda = {pc.progress_lambda!r}: use a number >= 0"
+            )
+        if pc.block_weights is not None and any(not w >= 0 for w in pc.block_weights):
+            raise FedquadError(f"planner.block_weights = {pc.block_weights!r}: use numbers >= 0")
+        if pc.hetlora_ranks is not None and (
+            not pc.hetlora_ranks or any(r < 1 for r in pc.hetlora_ranks)
+        ):
+            raise FedquadError(
+                f"planner.hetlora_ranks = {pc.hetlora_ranks!r}: use a non-empty list of ranks >= 1"
+            )
         if self.quant.bits not in QUANT_BITS:
             raise FedquadError(f"quant.bits = {self.quant.bits!r} is not allowed: use 8, 4 or 2")
         _check_positive("quant.group_size", self.quant.group_size)
@@ -174,7 +239,11 @@ class ExperimentConfig:
             ("data.shards_per_partition", self.data.shards_per_partition),
         ]:
             _check_positive(key, value)
+        _check_positive("planner.min_depth", self.planner.min_depth)
+        _check_positive("profile.timed_steps", self.profile.timed_steps)
         for key, opt in [
+            ("planner.rank_total", self.planner.rank_total),
+            ("planner.legend_depth", self.planner.legend_depth),
             ("federation.num_devices", self.federation.num_devices),
             ("federation.devices_per_round", self.federation.devices_per_round),
             ("lora.depth", self.lora.depth),

@@ -10,14 +10,26 @@ class DeviceConfig:
     """What the server tells a device to do this round: ``c_i = (d_i, q_i, ranks_i)``."""
 
     depth: int
+    """Backward reaches blocks ``L-depth … L-1``; by default all of them train their LoRA."""
     quantized: int = 0
-    """``q``: how many of the span's blocks have their saved activations quantized."""
+    """``q``: how many of the trained blocks have their saved activations quantized."""
     bits: int = 8
     quant_position: str = "bottom"
-    """``bottom``: the lowest ``q`` blocks of the span; ``top``: the highest."""
+    """``bottom``: the lowest ``q`` trained blocks; ``top``: the highest."""
+    rank: int | None = None
+    """Rank-heterogeneous methods (hetlora, flexlora): train the global LoRA truncated to this
+    rank (the first ``rank`` rows of each ``A``, columns of each ``B``). None: the full ranks."""
+    blocks: tuple[int, ...] | None = None
+    """FedRA: the LoRA blocks trained, not necessarily consecutive (sorted; the lowest is
+    ``L-depth``). None: every block of the span."""
+
+    def trained_blocks(self, num_blocks: int) -> list[int]:
+        if self.blocks is not None:
+            return list(self.blocks)
+        return list(range(num_blocks - self.depth, num_blocks))
 
     def quantized_blocks(self, num_blocks: int) -> list[int]:
-        span = list(range(num_blocks - self.depth, num_blocks))
+        trained = self.trained_blocks(num_blocks)
         if self.quant_position == "top":
-            return span[len(span) - self.quantized :]
-        return span[: self.quantized]
+            return trained[len(trained) - self.quantized :]
+        return trained[: self.quantized]

@@ -28,6 +28,7 @@ from fedquad.models.registry import (
     load_sequence_classifier,
     load_tokenizer,
 )
+from fedquad.planners import global_ranks
 
 BUILTIN_FLEETS = ("default", "uniform")
 
@@ -112,6 +113,14 @@ def resolve_fleet(config: ExperimentConfig) -> FleetSpec:
 # --------------------------------------------------------------------------- workload
 
 
+def method_structure(config: ExperimentConfig, num_blocks: int) -> LoraStructure:
+    """The global LoRA of the config's method: ``lora.ranks`` when given, else the method's
+    own (uniform rank ``r`` on ``lora.depth`` blocks, LEGEND's distribution, HetLoRA's top)."""
+    lc = config.lora
+    ranks = lc.ranks or global_ranks(config.method, config.planner, num_blocks, lc.rank, lc.depth)
+    return build_structure(num_blocks, len(ranks), lc.rank, ranks, lc.alpha, lc.dropout)
+
+
 def build_workbench(config: ExperimentConfig) -> Workbench:
     """Load and partition the data and the model for ``config`` (validated first)."""
     config.validate()
@@ -129,8 +138,7 @@ def build_workbench(config: ExperimentConfig) -> Workbench:
     tokenizer = load_tokenizer(config.model.name)
     model = load_sequence_classifier(config.model.name, data.num_labels)
     parts = describe_model(model)
-    lc = config.lora
-    structure = build_structure(parts.num_blocks, lc.depth, lc.rank, lc.ranks, lc.alpha, lc.dropout)
+    structure = method_structure(config, parts.num_blocks)
     peft_model = attach_lora(model, parts, structure)
     train_tok = tokenize_dataset(data.train, tokenizer, config.model.max_length)
     partitions = partition_dataset(
@@ -171,7 +179,7 @@ def workload_profile(
 ) -> ProfileResult:
     """The cost profile of the bench's workload: from the cache, or measured now and cached."""
     config, parts, structure = bench.config, bench.parts, bench.structure
-    settings = settings or ProfileSettings()
+    settings = settings or ProfileSettings(timed_steps=bench.config.profile.timed_steps)
     train, quant = config.train, config.quant
     key = profile_key(
         model=config.model.name,

@@ -1,6 +1,7 @@
 """Per-layer aggregation: each tensor is averaged over the devices that trained it this round.
 
 A tensor nobody trained keeps its previous value. Weights are sample counts (or uniform).
+Updates carry full tensors: truncated LoRA ranks need the zero-padded or SVD rule.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from fedquad.errors import FedquadError
 
 State = dict[str, torch.Tensor]
 
@@ -19,6 +22,17 @@ class Update:
     num_samples: int
 
 
+def update_weight(update: Update, weighting: str) -> float:
+    return float(update.num_samples) if weighting == "samples" else 1.0
+
+
+def check_known(name: str, global_state: State) -> torch.Tensor:
+    """The global tensor of that name; a clear error when the global state has none."""
+    if name not in global_state:
+        raise FedquadError(f"update carries tensor '{name}' that the global state does not have")
+    return global_state[name]
+
+
 def aggregate_per_layer(
     global_state: State, updates: Sequence[Update], weighting: str = "samples"
 ) -> State:
@@ -26,11 +40,14 @@ def aggregate_per_layer(
     sums: dict[str, torch.Tensor] = {}
     weights: dict[str, float] = {}
     for update in updates:
-        w = float(update.num_samples) if weighting == "samples" else 1.0
+        w = update_weight(update, weighting)
         for name, value in update.tensors.items():
-            if name not in global_state:
-                raise KeyError(
-                    f"update carries tensor {name!r} that the global state does not have"
+            old = check_known(name, global_state)
+            if value.shape != old.shape:
+                raise FedquadError(
+                    f"update tensor '{name}' has shape {tuple(value.shape)}, the global one "
+                    f"{tuple(old.shape)}: per-layer aggregation needs full tensors, "
+                    "use zeropad or svd for truncated ranks"
                 )
             acc = value.detach().to(torch.float64) * w
             sums[name] = sums[name] + acc if name in sums else acc

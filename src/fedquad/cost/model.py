@@ -52,6 +52,12 @@ class CostProfile:
     """``e_opt``: 8 for AdamW (two fp32 moments), 0 for plain SGD."""
     slack_bytes: int = 0
     """``M_slack``: allocator and workspace overhead added to every config."""
+    lora_ranks: tuple[int, ...] = ()
+    """``r_l`` per block (0 where none): LoRA parameters scale linearly with the rank, which
+    prices a device training a truncated rank. Empty: rank-truncated configs are not priced."""
+    saved_bytes_path: tuple[int, ...] = ()
+    """``A_l`` of a block on the backward path that does not train (FedRA's gaps): it saves only
+    what input gradients need. Empty: charged as a trainable block (an upper bound)."""
     saved_bytes_quantized: dict[int, tuple[int, ...]] = field(default_factory=dict)
     """Measured ``A_l`` per block when quantized, per bit width (exact, unlike ``ρ_β·A_l``);
     bit widths missing here fall back to ``ρ_β·A_l``."""
@@ -64,6 +70,12 @@ class CostProfile:
         n = self.num_blocks
         if n < 1:
             raise FedquadError(f"cost profile num_blocks = {n} is not allowed: use >= 1")
+        for name in ("lora_ranks", "saved_bytes_path"):
+            values = getattr(self, name)
+            if values and (len(values) != n or any(v < 0 for v in values)):
+                raise FedquadError(
+                    f"cost profile {name} = {list(values)}: give one value >= 0 per block ({n})"
+                )
         for name in ("lora_params", "saved_bytes", "saved_bytes_bottom"):
             values = getattr(self, name)
             if len(values) != n:
@@ -89,8 +101,9 @@ class CostProfile:
         """JSON-ready (bit widths become string keys, tuples lists)."""
         data = asdict(self)
         data["quant_ratio"] = {str(k): v for k, v in self.quant_ratio.items()}
-        for name in ("lora_params", "saved_bytes", "saved_bytes_bottom"):
+        for name in ("lora_params", "saved_bytes", "saved_bytes_bottom", "lora_ranks"):
             data[name] = list(data[name])
+        data["saved_bytes_path"] = list(data["saved_bytes_path"])
         for name in ("saved_bytes_quantized", "saved_bytes_bottom_quantized"):
             data[name] = {str(k): list(v) for k, v in data[name].items()}
         return data
@@ -108,6 +121,8 @@ class CostProfile:
         values["quant_ratio"] = {int(k): float(v) for k, v in data["quant_ratio"].items()}
         for name in ("lora_params", "saved_bytes", "saved_bytes_bottom"):
             values[name] = tuple(int(v) for v in data[name])
+        for name in ("lora_ranks", "saved_bytes_path"):
+            values[name] = tuple(int(v) for v in data.get(name, ()))
         for name in ("saved_bytes_quantized", "saved_bytes_bottom_quantized"):
             values[name] = {int(k): tuple(int(x) for x in v) for k, v in data.get(name, {}).items()}
         return cls(**values)
@@ -170,18 +185,41 @@ def _memory(
     return _memory_of(profile, span, _quantized_set(span, quantized, position), bits)
 
 
-def _memory_of(profile: CostProfile, span: range, quant: set[int], bits: int) -> int:
-    # Trainable LoRA: weight + grad (fp32) + optimizer state; frozen LoRA below: weight only.
+def _memory_of(
+    profile: CostProfile,
+    span: range,
+    quant: set[int],
+    bits: int,
+    trained: set[int] | None = None,
+    rank: int | None = None,
+) -> int:
+    trained = set(span) if trained is None else trained
+    # Trained LoRA: weight + grad (fp32) + optimizer state; other LoRA: weight only.
     per_trainable = 2 * FP32_BYTES + profile.optimizer_bytes_per_param
     lora = sum(
-        params * (per_trainable if block in span else FP32_BYTES)
-        for block, params in enumerate(profile.lora_params)
+        _params(profile, block, rank) * (per_trainable if block in trained else FP32_BYTES)
+        for block in range(profile.num_blocks)
     )
     fixed = profile.frozen_weight_bytes + profile.slack_bytes
-    return fixed + lora + _saved_of(profile, span, quant, bits)
+    return fixed + lora + _saved_of(profile, span, quant, bits, trained)
 
 
-def _saved_of(profile: CostProfile, span: range, quant: set[int], bits: int) -> int:
+def _params(profile: CostProfile, block: int, rank: int | None) -> int:
+    """``P_l`` of a device holding the global LoRA truncated to ``rank`` (None: full ranks)."""
+    full = profile.lora_params[block]
+    if rank is None or full == 0:
+        return full
+    if not profile.lora_ranks:
+        raise FedquadError(
+            "this cost profile has no per-block ranks: it cannot price rank = " + str(rank)
+        )
+    global_rank = profile.lora_ranks[block]
+    return full if rank >= global_rank else full * rank // global_rank
+
+
+def _saved_of(
+    profile: CostProfile, span: range, quant: set[int], bits: int, trained: set[int] | None = None
+) -> int:
     """``Σ_{l∈S\\Q} A_l + ρ_β·Σ_{l∈Q} A_l + A_head``: every saved-activation term of §3.
 
     Where the profile measured a block's quantized bytes at ``bits`` they replace ``ρ_β·A_l``.
@@ -193,7 +231,9 @@ def _saved_of(profile: CostProfile, span: range, quant: set[int], bits: int) -> 
     for block in span:
         bottom = block == span.start
         saved = profile.saved_bytes_bottom[block] if bottom else profile.saved_bytes[block]
-        if block not in quant:
+        if trained is not None and block not in trained:
+            total += profile.saved_bytes_path[block] if profile.saved_bytes_path else saved
+        elif block not in quant:
             total += saved
         elif exact is not None and exact_bottom is not None:
             total += exact_bottom[block] if bottom else exact[block]
@@ -211,11 +251,26 @@ def memory_bytes(profile: CostProfile, config: DeviceConfig) -> int:
     The head's weights are counted in ``W`` like the base model's; §3 charges no gradient or
     optimizer state for the head.
     """
+    span, trained, quant = _config_sets(profile, config)
+    return _memory_of(profile, span, quant, config.bits, trained, config.rank)
+
+
+def _config_sets(profile: CostProfile, config: DeviceConfig) -> tuple[range, set[int], set[int]]:
+    """The span below the cut, the trained blocks and the quantized blocks, validated."""
     span = _span(profile, config.depth)
     _quantized_set(span, config.quantized, config.quant_position)  # validates q and position
+    trained = set(config.trained_blocks(profile.num_blocks))
+    if not trained <= set(span) or span.start not in trained:
+        raise FedquadError(
+            f"trained blocks {sorted(trained)} are not allowed with depth {config.depth}: "
+            f"use blocks of {span.start} … {span.stop - 1} that include {span.start}"
+        )
+    if config.quantized > len(trained):
+        raise FedquadError(
+            f"quantized blocks q = {config.quantized} is more than the {len(trained)} trained"
+        )
     # The trainer's own rule picks the quantized blocks, so the model and the meter agree.
-    quant = set(config.quantized_blocks(profile.num_blocks))
-    return _memory_of(profile, span, quant, config.bits)
+    return span, trained, set(config.quantized_blocks(profile.num_blocks))
 
 
 def saved_bytes(profile: CostProfile, config: DeviceConfig) -> int:
@@ -224,10 +279,8 @@ def saved_bytes(profile: CostProfile, config: DeviceConfig) -> int:
     The head's ``A_head`` is included, as the trainer's saved-tensor meter counts the head in its
     total; comparing this with a measured total gives a device's memory factor.
     """
-    span = _span(profile, config.depth)
-    _quantized_set(span, config.quantized, config.quant_position)  # validates q and position
-    quant = set(config.quantized_blocks(profile.num_blocks))
-    return _saved_of(profile, span, quant, config.bits)
+    span, trained, quant = _config_sets(profile, config)
+    return _saved_of(profile, span, quant, config.bits, trained)
 
 
 def step_seconds(profile: CostProfile, config: DeviceConfig, slowdown: float = 1.0) -> float:
@@ -241,15 +294,22 @@ def step_seconds(profile: CostProfile, config: DeviceConfig, slowdown: float = 1
     )
 
 
-def upload_bytes(profile: CostProfile, depth: int) -> int:
-    """``up(d) = 4·(Σ_{l∈S} P_l + P_head)``: the span's LoRA and the head, fp32."""
-    span = _span(profile, depth)
-    return FP32_BYTES * (sum(profile.lora_params[b] for b in span) + profile.head_params)
+def upload_bytes(profile: CostProfile, config: DeviceConfig | int) -> int:
+    """``up(d) = 4·(Σ_{l∈S} P_l + P_head)``: the trained LoRA (at the device's rank) and the
+    head, fp32. An int is a depth with every block of its span trained at full rank."""
+    if isinstance(config, int):
+        config = DeviceConfig(depth=config)
+    _, trained, _ = _config_sets(profile, config)
+    lora = sum(_params(profile, b, config.rank) for b in trained)
+    return FP32_BYTES * (lora + profile.head_params)
 
 
-def download_bytes(profile: CostProfile) -> int:
-    """``down = 4·(Σ_l P_l + P_head)``: every device receives the whole global LoRA and head."""
-    return FP32_BYTES * (sum(profile.lora_params) + profile.head_params)
+def download_bytes(profile: CostProfile, config: DeviceConfig | None = None) -> int:
+    """``down = 4·(Σ_l P_l + P_head)``: every device receives the whole global LoRA (frozen
+    blocks below its cut run in its forward) and the head; at its rank when it has one."""
+    rank = None if config is None else config.rank
+    lora = sum(_params(profile, b, rank) for b in range(profile.num_blocks))
+    return FP32_BYTES * (lora + profile.head_params)
 
 
 def round_time(
@@ -263,14 +323,28 @@ def round_time(
             f"bandwidth up={device.uplink}, down={device.downlink} B/s is not allowed: use > 0"
         )
     compute = local_steps * step_seconds(profile, config, device.slowdown)
-    down = download_bytes(profile) / device.downlink
-    up = upload_bytes(profile, config.depth) / device.uplink
+    down = download_bytes(profile, config) / device.downlink
+    up = upload_bytes(profile, config) / device.uplink
     return RoundTime(compute=compute, download=down, upload=up, total=compute + down + up)
 
 
-def full_footprint(profile: CostProfile) -> int:
-    """``M(L, 0)``: full depth, nothing quantized. Fractional memory budgets multiply this."""
-    return _memory(profile, profile.num_blocks, 0, bits=8)
+def full_footprint(profile: CostProfile, rank: int | None = None) -> int:
+    """``M(L, 0)``: full depth, nothing quantized. Fractional memory budgets multiply this.
+
+    With ``rank``, the footprint of uniform rank ``rank`` on every block (LoRA parameters scale
+    linearly with the rank): the same reference for every method, whatever its own ranks.
+    """
+    if rank is None:
+        return _memory(profile, profile.num_blocks, 0, bits=8)
+    per_rank = [p / r for p, r in zip(profile.lora_params, profile.lora_ranks, strict=False) if r]
+    if not per_rank:
+        raise FedquadError("this cost profile has no per-block ranks: give no reference rank")
+    # blocks are alike: a block without LoRA here gets the mean per-rank count of the others
+    params = round(rank * sum(per_rank) / len(per_rank))
+    actual = sum(profile.lora_params)
+    per_trainable = 2 * FP32_BYTES + profile.optimizer_bytes_per_param
+    delta = (params * profile.num_blocks - actual) * per_trainable
+    return _memory(profile, profile.num_blocks, 0, bits=8) + delta
 
 
 def min_quantized(

@@ -49,7 +49,7 @@ from fedquad.train.local import train_local
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import HEAD, SavedBytes
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 4
 """Bump when what the profiler measures changes: old cache entries are then ignored."""
 
 BITS = (8, 4, 2)
@@ -57,8 +57,9 @@ BITS = (8, 4, 2)
 
 @dataclasses.dataclass(frozen=True)
 class ProfileSettings:
-    timed_steps: int = 3
-    """Timed steps per timing point (their median is used), after one warm-up step."""
+    timed_steps: int = 4
+    """Timed steps per timing point after one warm-up step; the fastest is used, since
+    interference from other processes only ever adds time."""
     bits: tuple[int, ...] = BITS
 
 
@@ -83,6 +84,7 @@ def profile_workload(
     before = get_state(model)
     rng = torch.get_rng_state()
     try:
+        path = _saved_on_path(model, parts, structure, batch, train, quant)
         saved = {
             d: _saved_at_depth(model, parts, structure, batch, train, quant, d)
             for d in range(1, top + 1)
@@ -119,6 +121,9 @@ def profile_workload(
         frozen_weight_bytes=_frozen_bytes(model),
         lora_params=lora,
         head_params=head,
+        lora_ranks=tuple(
+            structure.rank_of(b) if b in structure.lora_blocks else 0 for b in range(num_blocks)
+        ),
         saved_bytes=mid,
         saved_bytes_bottom=bottom,
         quant_ratio={b: r for b, r in ratio.items() if r > 0},
@@ -128,6 +133,7 @@ def profile_workload(
         o=o,
         c=c,
         optimizer_bytes_per_param=0 if train.optimizer == "sgd" else 8,
+        saved_bytes_path=path,
         saved_bytes_quantized=quantized,
         saved_bytes_bottom_quantized=quantized_bottom,
         extra={"timed": [list(t) for t in times], "lora_depth": top},
@@ -155,6 +161,29 @@ def _saved_at_depth(
     return train_local(
         model, parts, structure, batch, config, _one_step(batch_train), 0, quant
     ).saved
+
+
+def _saved_on_path(
+    model: nn.Module,
+    parts: ModelParts,
+    structure: LoraStructure,
+    batch: dict[str, torch.Tensor],
+    train: TrainConfig,
+    quant: QuantConfig,
+) -> tuple[int, ...]:
+    """``A_l`` of blocks backward passes through without training them (FedRA's gaps): one step
+    training only the lowest and the top LoRA block. Empty when there is no block between."""
+    lowest, top = structure.lora_blocks[0], structure.lora_blocks[-1]
+    if top - lowest < 2:
+        return ()
+    config = DeviceConfig(depth=structure.depth, blocks=(lowest, top))
+    step = train_local(model, parts, structure, batch, config, _one_step(train), 0, quant)
+    inner = [step.saved.per_block.get(b, 0) for b in range(lowest + 1, top)]
+    value = round(sum(inner) / len(inner))  # alike blocks; also used below the global depth
+    return tuple(
+        step.saved.per_block.get(b, value) if lowest < b < top else value
+        for b in range(structure.num_blocks)
+    )
 
 
 def _per_block(
@@ -244,7 +273,7 @@ def _time_steps(
     quant: QuantConfig,
     settings: ProfileSettings,
 ) -> tuple[list[tuple[int, int, float]], float | None]:
-    """Median step seconds at a few ``(d, q)`` and the mean forward seconds of a frozen block."""
+    """Fastest step seconds at a few ``(d, q)`` and the mean forward seconds of a frozen block."""
     top, num_blocks = structure.depth, structure.num_blocks
     points = sorted({(1, 0), ((top + 1) // 2, 0), (top, 0), (top, top)})
     steps = _one_step(train, settings.timed_steps + 1)
@@ -255,13 +284,13 @@ def _time_steps(
         frozen = num_blocks - depth if depth == 1 else 0
         with _block_forward_timer(parts.blocks, frozen) as block_seconds:
             result = train_local(model, parts, structure, batch, config, steps, 0, quant)
-        samples.append((depth, q, statistics.median(result.step_seconds[1:])))
+        samples.append((depth, q, min(result.step_seconds[1:])))
         if block_seconds:
-            # drop the warm-up step's forwards, then the median over steps of the mean per block
+            # drop the warm-up step's forwards, then the fastest step's mean per block
             per_step = [
                 block_seconds[i : i + frozen] for i in range(frozen, len(block_seconds), frozen)
             ]
-            forward = statistics.median(statistics.fmean(s) for s in per_step)
+            forward = min(statistics.fmean(s) for s in per_step)
     return samples, forward
 
 

@@ -1,19 +1,26 @@
 """LoRA structure (global depth ``D``, per-block ranks) on a PEFT model, and per-device depth.
 
 Blocks are indexed ``0 … L-1`` from the input (the Hugging Face order). The top ``D`` blocks carry
-LoRA; a device with depth ``d`` trains the LoRA of blocks ``L-d … L-1`` plus the task head, and
-nothing below its span requires grad, so autograd stores nothing there and backward stops at
-the cut.
+LoRA; a device with depth ``d`` trains the LoRA of blocks ``L-d … L-1`` plus the task head (or,
+for FedRA, a subset of them whose lowest is ``L-d``), and nothing below its cut ``L-d`` requires
+grad, so autograd stores nothing there and backward stops at the cut.
+
+Rank truncation (HetLoRA, FlexLoRA): a device of rank ``r`` trains the first ``r`` rows of each
+``A`` and columns of each ``B``; the rest are zero on the device. PEFT scales every LoRA module by
+``alpha / r_l`` with ``r_l`` the block's *global* rank, whatever the device rank: one scale for the
+whole federation, so a truncated update and a full one add up in the same units.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from fedquad.errors import FedquadError
 from fedquad.models.registry import ModelParts
@@ -43,9 +50,32 @@ class LoraStructure:
         return self.ranks[self.num_blocks - 1 - block]
 
     def span(self, depth: int) -> range:
-        """Blocks a device of this depth trains."""
+        """Blocks at and above a device's cut: what its backward pass reaches."""
         self.check_depth(depth)
         return range(self.num_blocks - depth, self.num_blocks)
+
+    def trained(self, depth: int, blocks: Collection[int] | None = None) -> tuple[int, ...]:
+        """Blocks whose LoRA a device trains: its whole span, or a FedRA subset of it (checked)."""
+        span = self.span(depth)
+        if blocks is None:
+            return tuple(span)
+        chosen = tuple(blocks)
+        if list(chosen) != sorted(set(chosen)):
+            raise FedquadError(
+                f"device blocks {chosen} are not allowed: list them sorted, once each"
+            )
+        outside = [b for b in chosen if b not in self.lora_blocks]
+        if outside:
+            raise FedquadError(
+                f"device block {outside[0]} carries no LoRA: use blocks "
+                f"{self.lora_blocks.start} to {self.lora_blocks.stop - 1}"
+            )
+        if chosen[:1] != (span.start,):
+            raise FedquadError(
+                f"device blocks {chosen} do not match depth {depth}: "
+                f"the lowest must be {span.start}"
+            )
+        return chosen
 
     def check_depth(self, depth: int) -> None:
         if not 1 <= depth <= self.depth:
@@ -149,12 +179,12 @@ def load_state(model: nn.Module, state: State) -> None:
             params[name].copy_(value)
 
 
-def span_param_names(model: nn.Module, parts: ModelParts, span: range) -> list[str]:
-    """The LoRA tensors of the blocks in ``span`` plus the head: what a device trains, uploads."""
+def span_param_names(model: nn.Module, parts: ModelParts, blocks: Collection[int]) -> list[str]:
+    """The LoRA tensors of ``blocks`` plus the head: what a device trains and uploads."""
     names = []
     for name in federated_param_names(model):
         block = block_of(name, parts)
-        if is_head_param(name) or (block is not None and block in span):
+        if is_head_param(name) or (block is not None and block in blocks):
             names.append(name)
     return names
 
@@ -164,3 +194,53 @@ def set_trainable(model: nn.Module, names: list[str]) -> None:
     wanted = set(names)
     for name, param in model.named_parameters():
         param.requires_grad_(name in wanted)
+
+
+# --------------------------------------------------------------------------- rank truncation
+
+
+def rank_axis(name: str) -> int | None:
+    """The rank axis of a LoRA tensor: rows of ``A`` (r × in), columns of ``B`` (out × r)."""
+    if ".lora_A." in name:
+        return 0
+    if ".lora_B." in name:
+        return 1
+    return None
+
+
+def check_rank(rank: int) -> None:
+    if rank < 1:
+        raise FedquadError(f"device rank {rank} is not allowed: use a rank of 1 or more")
+
+
+def rank_slice(name: str, tensor: torch.Tensor, rank: int | None) -> torch.Tensor:
+    """The first ``rank`` components of a LoRA tensor; all of it if its rank is ≤ ``rank``."""
+    axis = rank_axis(name)
+    if axis is None or rank is None or tensor.shape[axis] <= rank:
+        return tensor
+    return tensor.narrow(axis, 0, rank)
+
+
+def truncate_rank(model: nn.Module, names: list[str], rank: int) -> list[RemovableHandle]:
+    """Turn the LoRA tensors ``names`` into their rank-``rank`` truncation and keep them so.
+
+    Components ``rank:`` are zeroed in both factors, which already gives them zero gradients;
+    the gradients are masked as well so that they stay exactly zero whatever else touches them.
+    The module's scale stays PEFT's ``alpha / r_l`` of the global rank (see the module
+    docstring). Remove the returned hooks when the device is done.
+    """
+    check_rank(rank)
+    params = dict(model.named_parameters())
+    handles = []
+    for name in names:
+        axis = rank_axis(name)
+        param = params[name]
+        if axis is None or param.shape[axis] <= rank:
+            continue
+        keep = torch.zeros(param.shape[axis], dtype=param.dtype, device=param.device)
+        keep[:rank] = 1
+        keep = keep[:, None] if axis == 0 else keep[None, :]
+        with torch.no_grad():
+            param.mul_(keep)
+        handles.append(param.register_hook(lambda grad, keep=keep: grad * keep))
+    return handles

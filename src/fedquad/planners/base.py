@@ -1,23 +1,42 @@
-"""Planner dispatch and the baseline planner. A planner is a pure function of the sampled
-devices' estimates and the workload's cost profile (METHODS.md §4): no I/O, no model."""
+"""What every planner plans against, and the memory test every method shares (METHODS.md §4, §6).
+
+A planner is a pure function of the sampled devices' estimates, the workload's cost profile and
+the round's random generator: no I/O, no model.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from fedquad.config import QuantConfig
+from fedquad.config import PlannerConfig, QuantConfig
 from fedquad.cost.fleet import Device
-from fedquad.cost.model import CostProfile, memory_bytes
+from fedquad.cost.model import (
+    CostProfile,
+    download_bytes,
+    memory_bytes,
+    step_seconds,
+    upload_bytes,
+)
 from fedquad.device_config import DeviceConfig
-from fedquad.errors import FedquadError
 
 MIB = 1 << 20
 
 
 @dataclass(frozen=True)
-class PlanContext:
-    """What every planner plans against, besides the devices."""
+class ConfigCost:
+    """The device-independent costs of one config, computed once per round."""
 
+    memory: int
+    step_seconds: float
+    """Host seconds per local step (``σ = 1``)."""
+    down: int
+    up: int
+
+
+@dataclass(frozen=True)
+class PlanContext:
     profile: CostProfile
     lora_depth: int
     """``D``: the global LoRA depth (the top ``D`` blocks carry LoRA)."""
@@ -25,6 +44,52 @@ class PlanContext:
     kappa: float = 0.1
     """Safety margin: a config fits when ``M ≤ (1 - κ)·budget``."""
     local_steps: int = 10
+    options: PlannerConfig = field(default_factory=PlannerConfig)
+    num_samples: Mapping[int, int] = field(default_factory=dict)
+    """Samples per device id (the progress weights of ``deadline = search``)."""
+    base_rank: int = 8
+    """``r``: the uniform rank the rank-heterogeneous methods scale from."""
+
+    @cached_property
+    def _costs(self) -> dict[DeviceConfig, ConfigCost]:
+        return {}
+
+    def cost(self, config: DeviceConfig) -> ConfigCost:
+        """Memoised per config: many devices share a few configs."""
+        cached = self._costs.get(config)
+        if cached is None:
+            cached = ConfigCost(
+                memory=memory_bytes(self.profile, config),
+                step_seconds=step_seconds(self.profile, config),
+                down=download_bytes(self.profile, config),
+                up=upload_bytes(self.profile, config),
+            )
+            self._costs[config] = cached
+        return cached
+
+    def limit(self, device: Device) -> float:
+        return (1 - self.kappa) * device.memory_budget_bytes
+
+    def fits(self, device: Device, config: DeviceConfig) -> bool:
+        return self.cost(config).memory <= self.limit(device)
+
+    def round_seconds(self, device: Device, config: DeviceConfig) -> float:
+        """``T_i = τ·σ·t(d,q) + down/β_down + up/β_up`` (METHODS.md §3)."""
+        c = self.cost(config)
+        compute = self.local_steps * device.slowdown * c.step_seconds
+        return compute + c.down / device.downlink + c.up / device.uplink
+
+    def no_fit_reason(self, device: Device, config: DeviceConfig) -> str:
+        need = self.cost(config).memory / MIB
+        what = f"depth {config.depth}"
+        if config.quantized:
+            what += f" with {config.quantized} quantized blocks"
+        if config.rank is not None:
+            what += f" at rank {config.rank}"
+        return (
+            f"memory: {what} needs {need:.1f} MiB > {self.limit(device) / MIB:.1f} MiB "
+            f"({1 - self.kappa:.2f} x budget)"
+        )
 
 
 @dataclass
@@ -33,40 +98,5 @@ class Plan:
     """Config of every device that trains this round."""
     sat_out: dict[int, str] = field(default_factory=dict)
     """Devices that cannot train this round, with the reason."""
-
-
-def fits(device: Device, config: DeviceConfig, ctx: PlanContext) -> bool:
-    return memory_bytes(ctx.profile, config) <= (1 - ctx.kappa) * device.memory_budget_bytes
-
-
-def no_fit_reason(device: Device, config: DeviceConfig, ctx: PlanContext) -> str:
-    need = memory_bytes(ctx.profile, config) / MIB
-    limit = (1 - ctx.kappa) * device.memory_budget_bytes / MIB
-    return (
-        f"memory: depth {config.depth} with {config.quantized} quantized blocks needs "
-        f"{need:.1f} MiB > {limit:.1f} MiB ({1 - ctx.kappa:.2f} x budget)"
-    )
-
-
-def plan_fedlora(devices: list[Device], ctx: PlanContext) -> Plan:
-    """FedLoRA: every device trains the full global depth (quantized only if asked); a device
-    whose memory cannot hold that sits the round out."""
-    config = DeviceConfig(
-        depth=ctx.lora_depth,
-        quantized=min(ctx.quant.blocks, ctx.lora_depth),
-        bits=ctx.quant.bits,
-        quant_position=ctx.quant.position,
-    )
-    plan = Plan(configs={})
-    for device in devices:
-        if fits(device, config, ctx):
-            plan.configs[device.id] = config
-        else:
-            plan.sat_out[device.id] = no_fit_reason(device, config, ctx)
-    return plan
-
-
-def plan_round(method: str, devices: list[Device], ctx: PlanContext) -> Plan:
-    if method == "fedlora":
-        return plan_fedlora(devices, ctx)
-    raise FedquadError(f"method {method!r} is not allowed: use fedlora")
+    deadline: float | None = None
+    """The round deadline the planner worked to, where it has one (seconds)."""

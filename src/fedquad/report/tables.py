@@ -14,6 +14,9 @@ from fedquad.cost.model import (
     upload_bytes,
 )
 from fedquad.device_config import DeviceConfig
+from fedquad.planners import PlanContext
+from fedquad.server.clock import time_round
+from fedquad.server.rounds import RoundPlan
 
 
 def _mib(n: float) -> str:
@@ -63,10 +66,12 @@ def profile_tables(profile: CostProfile, ranks: dict[int, int]) -> tuple[Table, 
 
 
 def fleet_table(
-    spec: FleetSpec, profile: CostProfile, kappa: float, bits: int, max_depth: int
+    spec: FleetSpec, profile: CostProfile, kappa: float, bits: int, max_depth: int, rank: int
 ) -> Table:
-    """Each tier with its budget and largest feasible depth without and with quantization."""
-    footprint = full_footprint(profile)
+    """Each tier with its budget and largest feasible depth without and with quantization.
+
+    Budgets are fractions of the reference footprint: uniform ``rank`` on every block."""
+    footprint = full_footprint(profile, rank)
     table = Table(
         title=(
             f"{spec.num_devices} devices, {spec.per_round} per round; "
@@ -94,5 +99,56 @@ def fleet_table(
             f"{tier.availability:.0%}",
             "none" if plain is None else str(plain),
             "none" if quantized is None else str(quantized),
+        )
+    return table
+
+
+def plan_table(planned: RoundPlan, ctx: PlanContext, method: str, round_index: int) -> Table:
+    """One round's plan: per sampled device its config, memory against budget and times."""
+    configs = planned.plan.configs
+    timing = time_round(
+        ctx.profile,
+        configs,
+        {d: planned.estimates[d] for d in configs},
+        ctx.local_steps,
+    )
+    deadline = planned.plan.deadline
+    title = f"{method}, round {round_index}: {len(configs)} of {len(planned.sampled)} train"
+    title += f"; round {timing.seconds:.1f} s"
+    if deadline is not None:
+        title += f" (deadline {deadline:.1f} s)"
+    table = Table(title=title)
+    for name in ["device", "tier", "depth", "q", "ranks", "MiB", "budget", "compute s"]:
+        table.add_column(name, justify="left" if name == "tier" else "right")
+    for name in ["transfer s", "wait s"]:
+        table.add_column(name, justify="right")
+    num_blocks = ctx.profile.num_blocks
+    for d in planned.sampled:
+        device = planned.estimates[d]
+        budget = _mib(device.memory_budget_bytes)
+        config = configs.get(d)
+        if config is None:
+            reason = planned.plan.sat_out.get(d, "")
+            table.add_row(str(d), device.tier, "—", "—", "—", "—", budget, "sits out: " + reason)
+            continue
+        t = timing.devices[d]
+        trained = config.trained_blocks(num_blocks)
+        ranks = [ctx.profile.lora_ranks[b] if ctx.profile.lora_ranks else 0 for b in trained]
+        if config.rank is not None:
+            ranks = [min(r, config.rank) for r in ranks]
+        ranks_text = ",".join(str(r) for r in reversed(ranks))
+        if config.blocks is not None:
+            ranks_text += " @ " + ",".join(str(b) for b in config.blocks)
+        table.add_row(
+            str(d),
+            device.tier,
+            str(config.depth),
+            str(config.quantized) + (f"×{config.bits}b" if config.quantized else ""),
+            ranks_text,
+            _mib(ctx.cost(config).memory),
+            budget,
+            f"{t.compute:.1f}",
+            f"{t.download + t.upload:.1f}",
+            f"{t.waiting:.1f}",
         )
     return table

@@ -64,7 +64,6 @@ def time_round(
     # max() keeps the first of equal totals: ties go to the lowest id.
     straggler = max(times, key=lambda i: times[i].total)
     seconds = times[straggler].total
-    down = download_bytes(profile)
     timed = {
         i: DeviceTime(
             device=i,
@@ -73,8 +72,8 @@ def time_round(
             upload=t.upload,
             total=t.total,
             waiting=seconds - t.total,
-            bytes_down=down,
-            bytes_up=upload_bytes(profile, configs[i].depth),
+            bytes_down=download_bytes(profile, configs[i]),
+            bytes_up=upload_bytes(profile, configs[i]),
         )
         for i, t in times.items()
     }

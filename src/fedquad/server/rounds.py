@@ -18,16 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from fedquad.aggregate import Update, aggregate_per_layer
-from fedquad.config import QuantConfig
+from fedquad.aggregate import Update, aggregate
+from fedquad.config import ExperimentConfig, PlannerConfig, QuantConfig
 from fedquad.cost.fleet import Device, FleetSpec, devices_for_round, sample_available
 from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
 from fedquad.errors import FedquadError
 from fedquad.models.lora import State
-from fedquad.planners import PlanContext, plan_round
+from fedquad.planners import Plan, PlanContext, method, plan_round
 from fedquad.server.capacity import CapacityEstimator, Report
 from fedquad.server.clock import RoundTiming, VirtualClock, time_round
 from fedquad.server.messages import Executor, TrainInstruction, TrainReply
+
+_PLANNER_STREAM = 3
+"""Extra seed word of the planner's generator (FedRA's draws): its own stream."""
 
 
 def tensor_bytes(state: State) -> int:
@@ -45,6 +48,26 @@ class RoundSettings:
     local_steps: int = 10
     kappa: float = 0.1
     capacity_gamma: float = 0.7
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    base_rank: int = 8
+    """``r``: the reference rank (budgets' footprint, HetLoRA's rank set)."""
+
+
+def settings_for(config: ExperimentConfig) -> RoundSettings:
+    fed = config.federation
+    return RoundSettings(
+        method=config.method,
+        rounds=fed.rounds,
+        eval_every=fed.eval_every,
+        weighting=fed.weighting,
+        seed=config.seed,
+        quant=config.quant,
+        local_steps=config.train.local_steps,
+        kappa=config.fleet.kappa,
+        capacity_gamma=config.fleet.capacity_gamma,
+        planner=config.planner,
+        base_rank=config.lora.rank,
+    )
 
 
 @dataclass
@@ -66,6 +89,55 @@ def device_seed(seed: int, round_index: int, device: int) -> int:
     return int(np.random.SeedSequence([seed, round_index, device]).generate_state(1)[0])
 
 
+@dataclass(frozen=True)
+class RoundPlan:
+    devices: list[Device]
+    """Every device of the fleet as it is this round (true bandwidth and availability)."""
+    sampled: list[int]
+    estimates: dict[int, Device]
+    """The server's view of each sampled device, which the planner planned from."""
+    plan: Plan
+
+
+class RoundPlanner:
+    """Sample and plan one round: the part of the loop ``fedquad plan`` shows on its own."""
+
+    def __init__(
+        self,
+        settings: RoundSettings,
+        fleet: FleetSpec,
+        profile: CostProfile,
+        lora_depth: int,
+        device_samples: list[int],
+    ) -> None:
+        if len(device_samples) != fleet.num_devices:
+            raise FedquadError(
+                f"there is data for {len(device_samples)} devices but the fleet has "
+                f"{fleet.num_devices}: partition the data for the fleet"
+            )
+        self.settings, self.fleet = settings, fleet
+        self.footprint = full_footprint(profile, settings.base_rank)
+        self.ctx = PlanContext(
+            profile=profile,
+            lora_depth=lora_depth,
+            quant=settings.quant,
+            kappa=settings.kappa,
+            local_steps=settings.local_steps,
+            options=settings.planner,
+            num_samples=dict(enumerate(device_samples)),
+            base_rank=settings.base_rank,
+        )
+
+    def plan(self, r: int, capacity: CapacityEstimator) -> RoundPlan:
+        seed = self.settings.seed
+        devices = devices_for_round(self.fleet, self.footprint, seed, r)
+        sampled = sample_available(devices, self.fleet.per_round, seed, r)
+        estimates = {d: _estimate(capacity, devices[d]) for d in sampled}
+        rng = np.random.default_rng([seed, r, _PLANNER_STREAM])
+        plan = plan_round(self.settings.method, list(estimates.values()), self.ctx, rng)
+        return RoundPlan(devices=devices, sampled=sampled, estimates=estimates, plan=plan)
+
+
 def run_rounds(
     settings: RoundSettings,
     fleet: FleetSpec,
@@ -77,26 +149,13 @@ def run_rounds(
 ) -> RoundsOutcome:
     """Run every round from the initial global ``state``; ``on_round`` gets each metrics record."""
     outcome = RoundsOutcome(state=state, capacity=CapacityEstimator(gamma=settings.capacity_gamma))
-    footprint = full_footprint(profile)
-    ctx = PlanContext(
-        profile=profile,
-        lora_depth=lora_depth,
-        quant=settings.quant,
-        kappa=settings.kappa,
-        local_steps=settings.local_steps,
-    )
-    if len(executor.device_samples()) != fleet.num_devices:
-        raise FedquadError(
-            f"the executor has data for {len(executor.device_samples())} devices but the fleet "
-            f"has {fleet.num_devices}: partition the data for the fleet"
-        )
+    planner = RoundPlanner(settings, fleet, profile, lora_depth, executor.device_samples())
+    rule = method(settings.method).aggregation
     host_total = 0.0
     for r in range(1, settings.rounds + 1):
         start = time.perf_counter()
-        devices = devices_for_round(fleet, footprint, settings.seed, r)
-        sampled = sample_available(devices, fleet.per_round, settings.seed, r)
-        estimates = [_estimate(outcome.capacity, devices[d]) for d in sampled]
-        plan = plan_round(settings.method, estimates, ctx)
+        planned = planner.plan(r, outcome.capacity)
+        devices, sampled, plan = planned.devices, planned.sampled, planned.plan
         instructions = [
             TrainInstruction(
                 device_id=d,
@@ -109,8 +168,7 @@ def run_rounds(
         ]
         replies = executor.train(instructions)
         updates = [Update(reply.tensors, reply.num_samples) for reply in replies]
-        down_bytes = tensor_bytes(outcome.state)
-        outcome.state = aggregate_per_layer(outcome.state, updates, settings.weighting)
+        outcome.state = aggregate(rule, outcome.state, updates, settings.weighting)
         trained = {reply.device_id: devices[reply.device_id] for reply in replies}
         configs = {d: plan.configs[d] for d in trained}
         timing = time_round(profile, configs, trained, settings.local_steps)
@@ -123,12 +181,12 @@ def run_rounds(
             "offline": sum(not d.available for d in devices),
             "sat_out": {str(k): v for k, v in plan.sat_out.items()},
             "devices": [
-                _device_record(reply, devices, configs, timing, profile, down_bytes)
-                for reply in replies
+                _device_record(reply, devices, configs, timing, profile) for reply in replies
             ],
             "virtual_seconds": timing.seconds,
             "virtual_seconds_total": outcome.clock.now,
             "straggler": timing.straggler,
+            "deadline": plan.deadline,
         }
         if replies:
             total = sum(u.num_samples for u in updates)
@@ -189,7 +247,6 @@ def _device_record(
     configs: dict[int, Any],
     timing: RoundTiming,
     profile: CostProfile,
-    down_bytes: int,
 ) -> dict[str, Any]:
     device, config, times = devices[reply.device_id], configs[reply.device_id], timing.devices
     t = times[reply.device_id]
@@ -199,8 +256,11 @@ def _device_record(
         "depth": config.depth,
         "quantized": config.quantized,
         "bits": config.bits,
+        **({"rank": config.rank} if config.rank is not None else {}),
+        **({"blocks": list(config.blocks)} if config.blocks is not None else {}),
         "num_samples": reply.num_samples,
-        "bytes_down": down_bytes,
+        # what the protocol sends the device (the local executor shares memory instead)
+        "bytes_down": t.bytes_down,
         "bytes_up": tensor_bytes(reply.tensors),
         "memory_bytes": memory_bytes(profile, config),
         "memory_budget_bytes": device.memory_budget_bytes,

@@ -1,9 +1,15 @@
-"""Local training on one device: ``τ`` steps of the LoRA span (and head) chosen by its config."""
+"""Local training on one device: ``τ`` steps of the LoRA blocks (and head) chosen by its config.
+
+The config says which blocks train (the span ``L-d … L-1``, or a FedRA subset whose lowest is
+``L-d``) and, for rank-heterogeneous methods, the rank the device trains them at.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +18,15 @@ from torch import nn
 
 from fedquad.config import QuantConfig, TrainConfig
 from fedquad.device_config import DeviceConfig
-from fedquad.models.lora import LoraStructure, State, get_state, set_trainable, span_param_names
+from fedquad.models.lora import (
+    LoraStructure,
+    State,
+    check_rank,
+    rank_slice,
+    set_trainable,
+    span_param_names,
+    truncate_rank,
+)
 from fedquad.models.registry import ModelParts
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import SavedBytes, SavedTensorMeter
@@ -21,7 +35,7 @@ from fedquad.train.saved_tensors import SavedBytes, SavedTensorMeter
 @dataclass
 class TrainResult:
     tensors: State
-    """The tensors this device trained: its span's LoRA and the head."""
+    """The tensors this device trained: its trained blocks' LoRA, cut to its rank, and the head."""
     num_samples: int
     loss: float
     step_seconds: list[float]
@@ -46,6 +60,45 @@ def set_modes(model: nn.Module, parts: ModelParts, span: range, frozen_prefix_ev
         parts.embeddings.eval()
         for index in range(span.start):
             parts.blocks[index].eval()
+
+
+@contextmanager
+def prepared(
+    model: nn.Module,
+    parts: ModelParts,
+    structure: LoraStructure,
+    config: DeviceConfig,
+    frozen_prefix_eval: bool,
+) -> Iterator[list[str]]:
+    """The model set up as the device's: yields the names it trains; undone on exit.
+
+    Exactly the trained blocks' LoRA and the head require grad (frozen blocks between FedRA's
+    chosen ones stay on the backward path); below the cut nothing does. With a rank, the trained
+    LoRA is the rank truncation; LoRA that is not trained keeps its full global values.
+    """
+    blocks = structure.trained(config.depth, config.blocks)
+    if config.rank is not None:
+        check_rank(config.rank)
+    names = span_param_names(model, parts, blocks)
+    handles = []
+    try:
+        set_trainable(model, names)
+        set_modes(model, parts, structure.span(config.depth), frozen_prefix_eval)
+        if config.rank is not None:
+            handles = truncate_rank(model, names, config.rank)
+        yield names
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.eval()
+        set_trainable(model, [])
+
+
+def upload(model: nn.Module, names: list[str], rank: int | None) -> State:
+    """Copies of the trained tensors, LoRA cut to ``rank``: bytes up scale with the rank."""
+    params = dict(model.named_parameters())
+    # clone after slicing: a view would keep the full tensor's storage alive
+    return {n: rank_slice(n, params[n].detach(), rank).clone() for n in names}
 
 
 def _batches(
@@ -85,46 +138,42 @@ def train_local(
     seed: int,
     quant: QuantConfig | None = None,
 ) -> TrainResult:
-    """Train the device's span for ``settings.local_steps`` steps from the model's current state.
+    """Train the device's blocks for ``settings.local_steps`` steps from the model's current state.
 
     ``data`` holds the device's tokenized samples (``input_ids``, ``attention_mask``, ``labels``).
     The caller loads the global state first; the model is left with the trained values.
-    ``quant`` gives the quantizer's group size and size threshold; ``config`` says which blocks
-    and how many bits.
+    ``quant`` gives the quantizer's group size and size threshold; ``config`` says which blocks,
+    at which rank and how many bits.
     """
     quant = quant or QuantConfig()
-    span = structure.span(config.depth)
-    names = span_param_names(model, parts, span)
-    set_trainable(model, names)
-    set_modes(model, parts, span, settings.frozen_prefix_eval)
-    optimizer = _optimizer(model, names, settings)
     generator = torch.Generator().manual_seed(seed)
     quant_generator = torch.Generator().manual_seed(seed + 1)
     params = list(model.parameters())  # their storages are never counted or quantized
     losses, seconds = [], []
     saved = SavedBytes()
-    for batch in _batches(data, settings.batch_size, settings.local_steps, generator):
-        start = time.perf_counter()
-        meter = SavedTensorMeter(
-            parts.blocks,
-            params,
-            quantized_blocks=config.quantized_blocks(structure.num_blocks),
-            spec=QuantSpec(bits=config.bits, group_size=quant.group_size),
-            generator=quant_generator,
-            min_numel=quant.min_numel,
-        )
-        with meter:
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds.append(time.perf_counter() - start)
-        losses.append(loss.item())
-        saved = meter.saved
-    model.eval()
-    set_trainable(model, [])
+    with prepared(model, parts, structure, config, settings.frozen_prefix_eval) as names:
+        optimizer = _optimizer(model, names, settings)
+        for batch in _batches(data, settings.batch_size, settings.local_steps, generator):
+            start = time.perf_counter()
+            meter = SavedTensorMeter(
+                parts.blocks,
+                params,
+                quantized_blocks=config.quantized_blocks(structure.num_blocks),
+                spec=QuantSpec(bits=config.bits, group_size=quant.group_size),
+                generator=quant_generator,
+                min_numel=quant.min_numel,
+            )
+            with meter:
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds.append(time.perf_counter() - start)
+            losses.append(loss.item())
+            saved = meter.saved
+        tensors = upload(model, names, config.rank)
     return TrainResult(
-        tensors=get_state(model, names),
+        tensors=tensors,
         num_samples=len(data["labels"]),
         loss=statistics.fmean(losses),
         step_seconds=seconds,

@@ -1,0 +1,116 @@
+"""FedQuad's planner (METHODS.md §4.1): the feasible-and-efficient set, then the greedy choice.
+
+LEGEND's depth choice (§4.2) is the same with ``q ≡ 0``.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from fedquad.cost.fleet import Device
+from fedquad.device_config import DeviceConfig
+from fedquad.planners.base import Plan, PlanContext
+
+
+def efficient_options(device: Device, ctx: PlanContext, quantize: bool) -> list[DeviceConfig]:
+    """``F_i = {(d, q_min(d))}`` for ``d = d_min … D``, ordered by depth.
+
+    ``q_min(d)`` is the fewest quantized blocks that fit the device's memory: any more only
+    add overhead and noise. Without ``quantize`` only ``q = 0`` is tried.
+    """
+    quant = ctx.quant
+    options = []
+    for depth in range(min(ctx.options.min_depth, ctx.lora_depth), ctx.lora_depth + 1):
+        for q in range(depth + 1 if quantize else 1):
+            config = DeviceConfig(depth, q, bits=quant.bits, quant_position=quant.position)
+            if ctx.fits(device, config):
+                options.append(config)
+                break
+    return options
+
+
+def _sit_out_reason(device: Device, ctx: PlanContext, quantize: bool) -> str:
+    depth = min(ctx.options.min_depth, ctx.lora_depth)
+    q = depth if quantize else 0
+    cheapest = DeviceConfig(depth, q, bits=ctx.quant.bits, quant_position=ctx.quant.position)
+    return ctx.no_fit_reason(device, cheapest)
+
+
+def plan_greedy(devices: list[Device], ctx: PlanContext, quantize: bool) -> Plan:
+    """Straggler-anchored greedy, or the deadline search when ``ctx.options.deadline`` asks."""
+    plan = Plan(configs={})
+    options: dict[int, list[DeviceConfig]] = {}
+    times: dict[int, list[float]] = {}
+    for device in devices:
+        found = efficient_options(device, ctx, quantize)
+        if not found:
+            plan.sat_out[device.id] = _sit_out_reason(device, ctx, quantize)
+            continue
+        options[device.id] = found
+        times[device.id] = [ctx.round_seconds(device, c) for c in found]
+    if not options:
+        return plan
+    anchor = (1 + ctx.options.epsilon) * max(t[0] for t in times.values())
+    if ctx.options.deadline == "search":
+        levels, deadline = _search(options, times, anchor, ctx)
+    else:
+        levels, deadline = _anchored(times, anchor), anchor
+    plan.configs = {i: options[i][levels[i]] for i in sorted(options)}
+    plan.deadline = deadline
+    return plan
+
+
+def _anchored(times: dict[int, list[float]], deadline: float) -> dict[int, int]:
+    """Start everyone at the cheapest option; repeatedly give the next deeper option to the
+    device whose upgrade costs the least time, while its new round time stays ``≤ deadline``.
+    Fast devices fill the time they would have spent waiting with deeper LoRA."""
+    levels = dict.fromkeys(times, 0)
+    heap: list[tuple[float, int]] = []
+
+    def push(i: int) -> None:
+        k = levels[i] + 1
+        if k < len(times[i]) and times[i][k] <= deadline:
+            heapq.heappush(heap, (times[i][k] - times[i][k - 1], i))
+
+    for i in times:
+        push(i)
+    while heap:
+        _, i = heapq.heappop(heap)
+        levels[i] += 1
+        push(i)
+    return levels
+
+
+def _progress(config: DeviceConfig, samples: int, ctx: PlanContext) -> float:
+    """``n_i·(Σ_{k<d_i} w_k − λ·q_i)``: depth trained, less the noise of quantized blocks."""
+    weights = ctx.options.block_weights
+    depth_value = float(config.depth) if weights is None else float(sum(weights[: config.depth]))
+    return samples * (depth_value - ctx.options.progress_lambda * config.quantized)
+
+
+def _search(
+    options: dict[int, list[DeviceConfig]],
+    times: dict[int, list[float]],
+    anchor: float,
+    ctx: PlanContext,
+) -> tuple[dict[int, int], float]:
+    """``deadline = search`` (ours): try the anchored deadline and every option time above it,
+    keep the one with the best ``progress / T``. One sweep over the options sorted by time."""
+    levels = _anchored(times, anchor)
+    samples = {i: ctx.num_samples.get(i, 1) for i in options}
+    value = {i: [_progress(c, samples[i], ctx) for c in options[i]] for i in options}
+    progress = sum(value[i][levels[i]] for i in options)
+    longest = max(times[i][levels[i]] for i in options)
+    best = (progress / longest, -longest, dict(levels), anchor)
+    events = sorted(
+        (t, i, k) for i in options for k, t in enumerate(times[i]) if t > anchor and k > levels[i]
+    )
+    for t, i, k in events:
+        if k <= levels[i]:
+            continue  # a deeper option already fitted an earlier deadline
+        progress += value[i][k] - value[i][levels[i]]
+        levels[i] = k
+        score = (progress / t, -t)
+        if score > best[:2]:
+            best = (*score, dict(levels), t)
+    return best[2], best[3]

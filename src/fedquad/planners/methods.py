@@ -1,0 +1,168 @@
+"""Every method's planner (METHODS.md §4), and what else a method decides: its global LoRA
+structure and its aggregation rule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedquad.config import PlannerConfig
+from fedquad.cost.fleet import Device
+from fedquad.device_config import DeviceConfig
+from fedquad.errors import FedquadError
+from fedquad.planners.base import Plan, PlanContext
+from fedquad.planners.greedy import plan_greedy
+from fedquad.planners.ranks import rank_distribution
+
+Planner = Callable[[list[Device], PlanContext, np.random.Generator], Plan]
+
+
+def plan_fedquad(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
+    """FedQuad: depth and quantized blocks per device (also ``joint``, on LEGEND's ranks)."""
+    return plan_greedy(devices, ctx, quantize=True)
+
+
+def plan_depth_only(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
+    """LEGEND's depth choice and ``fedquad-noquant``: the same greedy with ``q ≡ 0``."""
+    return plan_greedy(devices, ctx, quantize=False)
+
+
+def plan_fedlora(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
+    """FedLoRA: every device trains the full global depth (quantized only if ``quant.blocks``
+    asks); a device whose memory cannot hold that sits the round out."""
+    config = DeviceConfig(
+        depth=ctx.lora_depth,
+        quantized=min(ctx.quant.blocks, ctx.lora_depth),
+        bits=ctx.quant.bits,
+        quant_position=ctx.quant.position,
+    )
+    plan = Plan(configs={})
+    for device in devices:
+        if ctx.fits(device, config):
+            plan.configs[device.id] = config
+        else:
+            plan.sat_out[device.id] = ctx.no_fit_reason(device, config)
+    return plan
+
+
+def hetlora_ranks(options: PlannerConfig, rank: int) -> list[int]:
+    """The ranks devices choose from, ascending (default ``r/4, r/2, r, 2r``)."""
+    ranks = options.hetlora_ranks or [max(1, rank // 4), max(1, rank // 2), rank, 2 * rank]
+    return sorted(set(ranks))
+
+
+def plan_hetlora(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
+    """HetLoRA / FlexLoRA: full depth, a rank per device by capability (ours: by speed, the
+    ``⌈4/σ⌉``-th of the four ranks, capped at the fastest; then the largest that fits memory).
+    """
+    ranks = hetlora_ranks(ctx.options, ctx.base_rank)
+    plan = Plan(configs={})
+    for device in devices:
+        speed = min(1.0, 1.0 / device.slowdown)
+        top = min(len(ranks), max(1, math.ceil(speed * len(ranks))))
+        chosen = None
+        for rank in reversed(ranks[:top]):
+            config = DeviceConfig(depth=ctx.lora_depth, rank=rank)
+            if ctx.fits(device, config):
+                chosen = config
+                break
+        if chosen is None:
+            plan.sat_out[device.id] = ctx.no_fit_reason(
+                device, DeviceConfig(depth=ctx.lora_depth, rank=ranks[0])
+            )
+        else:
+            plan.configs[device.id] = chosen
+    return plan
+
+
+FEDRA_DRAWS = 10
+"""Random subsets tried per device before falling back to the top blocks."""
+
+
+def plan_fedra(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
+    """FedRA: each round a random subset of the LoRA blocks, as many as the device's memory
+    holds as a consecutive span (not necessarily consecutive; backward reaches the lowest)."""
+    num_blocks = ctx.profile.num_blocks
+    lora_blocks = np.arange(num_blocks - ctx.lora_depth, num_blocks)
+    plan = Plan(configs={})
+    for device in devices:
+        count = _largest_depth(device, ctx)
+        if count is None:
+            plan.sat_out[device.id] = ctx.no_fit_reason(device, DeviceConfig(depth=1))
+            continue
+        chosen = None
+        for _ in range(FEDRA_DRAWS):
+            blocks = tuple(int(b) for b in sorted(rng.choice(lora_blocks, count, replace=False)))
+            config = DeviceConfig(depth=num_blocks - blocks[0], blocks=blocks)
+            if ctx.fits(device, config):
+                chosen = config
+                break
+        plan.configs[device.id] = chosen or DeviceConfig(depth=count)
+    return plan
+
+
+def _largest_depth(device: Device, ctx: PlanContext) -> int | None:
+    best = None
+    for depth in range(1, ctx.lora_depth + 1):
+        if ctx.fits(device, DeviceConfig(depth=depth)):
+            best = depth
+    return best
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class Method:
+    planner: Planner
+    aggregation: str
+    """``perlayer``, ``zeropad`` or ``svd`` (METHODS.md §5)."""
+    structure: str
+    """``uniform`` (rank ``r`` on ``lora.depth`` blocks), ``legend`` (LEGEND's rank
+    distribution over its ``D``) or ``rank-max`` (the largest HetLoRA rank everywhere)."""
+
+
+METHODS: dict[str, Method] = {
+    "fedquad": Method(plan_fedquad, "perlayer", "uniform"),
+    "legend": Method(plan_depth_only, "perlayer", "legend"),
+    "joint": Method(plan_fedquad, "perlayer", "legend"),
+    "fedlora": Method(plan_fedlora, "perlayer", "uniform"),
+    "hetlora": Method(plan_hetlora, "zeropad", "rank-max"),
+    "flexlora": Method(plan_hetlora, "svd", "rank-max"),
+    "fedra": Method(plan_fedra, "perlayer", "uniform"),
+    "fedquad-noquant": Method(plan_depth_only, "perlayer", "uniform"),
+}
+
+
+def method(name: str) -> Method:
+    if name not in METHODS:
+        raise FedquadError(f"method {name!r} is not allowed: use one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def global_ranks(
+    name: str, options: PlannerConfig, num_blocks: int, rank: int, depth: int | None
+) -> list[int]:
+    """The method's global rank distribution from the output (``len`` is its ``D``)."""
+    kind = method(name).structure
+    if kind == "legend":
+        legend_depth = options.legend_depth or math.ceil(num_blocks / 2)
+        if legend_depth > num_blocks:
+            raise FedquadError(
+                f"planner.legend_depth = {legend_depth} is more than the model's {num_blocks} "
+                "blocks"
+            )
+        total = options.rank_total or rank * num_blocks
+        return rank_distribution(total, legend_depth, options.rank_distribution)
+    top = rank if kind == "uniform" else max(hetlora_ranks(options, rank))
+    return [top] * (depth or num_blocks)
+
+
+def plan_round(
+    name: str, devices: list[Device], ctx: PlanContext, rng: np.random.Generator | None = None
+) -> Plan:
+    """The plan of one round for the sampled devices (their estimates)."""
+    return method(name).planner(devices, ctx, rng or np.random.default_rng(0))
