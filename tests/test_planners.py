@@ -101,6 +101,19 @@ def test_fedquad_gives_every_default_fleet_device_a_config_and_fedlora_does_not(
     assert fedlora_out > 0  # the small tier cannot hold full depth unquantized
 
 
+def test_fedquad_rounds_are_no_longer_than_fedlora_rounds_on_the_default_fleet():
+    ctx = context()
+    for seed, r in ROUNDS:
+        devices = round_devices(seed, r, ctx)
+        by_id = {d.id: d for d in devices}
+
+        def longest(plan):
+            return max(ctx.round_seconds(by_id[i], c) for i, c in plan.configs.items())
+
+        fedquad, fedlora = plan_round("fedquad", devices, ctx), plan_round("fedlora", devices, ctx)
+        assert longest(fedquad) <= longest(fedlora), (seed, r)
+
+
 def test_anchored_round_is_no_longer_than_the_slowest_cheapest_option():
     ctx = context()
     eps = ctx.options.epsilon
