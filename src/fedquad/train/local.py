@@ -151,7 +151,13 @@ def train_local(
     params = list(model.parameters())  # their storages are never counted or quantized
     losses, seconds = [], []
     saved = SavedBytes()
-    with prepared(model, parts, structure, config, settings.frozen_prefix_eval) as names:
+    # Dropout draws from the global generator: seed it per device and round (restored after),
+    # so a device's training depends on nothing that ran before it, in this process or another.
+    with (
+        torch.random.fork_rng(devices=[]),
+        prepared(model, parts, structure, config, settings.frozen_prefix_eval) as names,
+    ):
+        torch.manual_seed(seed + 2)
         optimizer = _optimizer(model, names, settings)
         for batch in _batches(data, settings.batch_size, settings.local_steps, generator):
             start = time.perf_counter()
