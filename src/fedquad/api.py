@@ -11,13 +11,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedquad.config import ExperimentConfig
-from fedquad.cost.fleet import fleet_to_toml
+from fedquad.config import ExperimentConfig, load_config
+from fedquad.cost.fleet import fleet_to_toml, load_fleet
+from fedquad.cost.model import CostProfile
 from fedquad.engines.local import LocalExecutor
+from fedquad.errors import FedquadError
 from fedquad.models.lora import get_state, load_state
 from fedquad.quiet import quiet_libraries
+from fedquad.report.plots import write_run_plots
 from fedquad.report.progress import RoundProgress
-from fedquad.report.results import RunWriter, default_run_name, new_run_dir
+from fedquad.report.results import RunWriter, default_run_name, new_run_dir, read_metrics
+from fedquad.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedquad.server.rounds import (
     best_accuracy,
     median_step_seconds,
@@ -25,7 +29,9 @@ from fedquad.server.rounds import (
     settings_for,
     time_to_target,
 )
-from fedquad.workbench import build_workbench, workload_profile
+from fedquad.workbench import Workbench, build_workbench, workload_profile
+
+CHECKPOINT_DIR = "checkpoint"
 
 TARGET_FRACTION = 0.95
 """Without a set target, "time to target" is the time to 95% of the final accuracy."""
@@ -50,7 +56,44 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
     quiet_libraries()
     seed_everything(config.seed)
     bench = build_workbench(config)
-    profiled = workload_profile(bench)
+    profile = workload_profile(bench).profile
+    name = config.run_name or default_run_name(
+        config.method, config.data.name, config.model.name, config.seed
+    )
+    writer = RunWriter(new_run_dir(config.output_dir, name))
+    writer.write_config(config.to_toml())
+    writer.write_json("cost_profile.json", profile.to_dict())
+    writer.write_text("fleet.toml", fleet_to_toml(bench.fleet))
+    return _execute(bench, profile, writer, progress)
+
+
+def resume(run_dir: str | Path, *, progress: bool = False) -> RunResult:
+    """Continue a run from its last checkpoint, with the config, fleet and cost profile it
+    recorded: the result is the one the run would have given uninterrupted."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise FedquadError(f"--resume {str(run_dir)!r} is not a run directory (no config.toml)")
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR)
+    config = load_config(run_dir / "config.toml")
+    quiet_libraries()
+    seed_everything(config.seed)
+    bench = build_workbench(config)
+    bench.fleet = load_fleet(run_dir / "fleet.toml")
+    profile = CostProfile.from_dict(json.loads((run_dir / "cost_profile.json").read_text()))
+    writer = RunWriter(run_dir)
+    # rounds after the checkpoint were lost with the process: run them again
+    writer.keep_metrics(lambda record: record["round"] <= checkpoint.round)
+    return _execute(bench, profile, writer, progress, checkpoint)
+
+
+def _execute(
+    bench: Workbench,
+    profile: CostProfile,
+    writer: RunWriter,
+    progress: bool,
+    checkpoint: Checkpoint | None = None,
+) -> RunResult:
+    config = bench.config
     executor = LocalExecutor(
         bench.model,
         bench.parts,
@@ -60,39 +103,37 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
         config.train,
         config.quant,
     )
-    name = config.run_name or default_run_name(
-        config.method, config.data.name, config.model.name, config.seed
-    )
-    writer = RunWriter(new_run_dir(config.output_dir, name))
-    writer.write_config(config.to_toml())
-    writer.write_json("cost_profile.json", profiled.profile.to_dict())
-    writer.write_text("fleet.toml", fleet_to_toml(bench.fleet))
     fed = config.federation
-    settings = settings_for(config)
     with RoundProgress(fed.rounds, enabled=progress) as bar:
+        if checkpoint is not None:
+            bar.skip(checkpoint.round)
 
         def on_round(record: dict[str, Any]) -> None:
             writer.append_metrics(record)
             bar.update(record)
 
         outcome = run_rounds(
-            settings,
+            settings_for(config),
             bench.fleet,
-            profiled.profile,
+            profile,
             bench.structure.depth,
             executor,
             get_state(bench.model),
             on_round,
+            resume=checkpoint,
+            on_checkpoint=lambda c: save_checkpoint(writer.dir / CHECKPOINT_DIR, c),
         )
+    metrics = read_metrics(writer.dir)
     load_state(bench.model, outcome.state)
     bench.model.save_pretrained(str(writer.adapter_dir))
     (writer.adapter_dir / "fedquad.json").write_text(
         json.dumps({"model": config.model.name, "label_names": bench.label_names}, indent=2)
     )
-    summary = summarize(config, outcome.metrics, bench.label_names, bench.parts.num_blocks)
+    summary = summarize(config, metrics, bench.label_names, bench.parts.num_blocks)
     summary["adapter_dir"] = str(writer.adapter_dir)
     writer.write_summary(summary)
-    return RunResult(run_dir=writer.dir, metrics=outcome.metrics, summary=summary)
+    write_run_plots(writer.dir, metrics, f"{config.method} on {config.data.name}")
+    return RunResult(run_dir=writer.dir, metrics=metrics, summary=summary)
 
 
 def summarize(

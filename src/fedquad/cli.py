@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set federation.rounds=5 (repeatable)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (its own config is used)",
+    )
     show = sub.add_parser("config", help="print the resolved config as TOML")
     _config_args(show)
     profile = sub.add_parser(
@@ -49,6 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_args(plan)
     plan.add_argument("--round", type=int, default=1, help="which round (default 1)")
+    compare = sub.add_parser(
+        "compare", help="run several methods on the same config and tabulate time to target"
+    )
+    _config_args(compare)
+    compare.add_argument(
+        "--methods",
+        help="comma-separated methods (default: fedquad,legend,joint and the four baselines)",
+    )
+    compare.add_argument(
+        "--target",
+        type=float,
+        help="target accuracy (default: federation.target_accuracy, else 95%% of the best final)",
+    )
+    compare.add_argument("--quiet", action="store_true", help="no progress output")
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
     return parser
@@ -113,8 +132,14 @@ def _run(args: argparse.Namespace) -> int:
     from fedquad.quiet import quiet_libraries
 
     quiet_libraries()
-    config = load_config(args.config, args.overrides)
-    result = run(config, progress=not args.quiet)
+    if args.resume:
+        if args.config or args.overrides:
+            raise FedquadError("--resume takes no --config or --set: the run's own config is used")
+        from fedquad.api import resume
+
+        result = resume(args.resume, progress=not args.quiet)
+    else:
+        result = run(load_config(args.config, args.overrides), progress=not args.quiet)
     s = result.summary
     print(
         f"final accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f}) after "
@@ -134,9 +159,36 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedquad.compare import DEFAULT_METHODS, check_target, compare, parse_methods
+    from fedquad.config import load_config
+    from fedquad.quiet import quiet_libraries
+    from fedquad.report.compare import rich_table
+
+    methods = parse_methods(args.methods if args.methods is not None else DEFAULT_METHODS)
+    check_target(args.target)
+    config = load_config(args.config, args.overrides)
+    quiet_libraries()
+    status = Console(stderr=True, quiet=args.quiet)
+    result = compare(
+        config,
+        methods,
+        target=args.target,
+        progress=not args.quiet,
+        on_method=lambda i, m: status.print(f"[bold]{m}[/bold] ({i + 1} of {len(methods)})"),
+    )
+    Console().print(rich_table(result.rows, result.target))
+    print(f"comparison in {result.dir}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "profile":
         return _profile(args)
     if args.command == "fleet":

@@ -121,6 +121,9 @@ class FederationConfig:
     """Aggregation weights: by sample count, or uniform."""
     target_accuracy: float | None = None
     """Accuracy that defines "time to target" (default: 95% of the run's final accuracy)."""
+    checkpoint_every: int = 1
+    """Rounds between server checkpoints in the run directory (0: none); resume with
+    ``fedquad run --resume DIR``."""
 
 
 @dataclass
@@ -241,6 +244,11 @@ class ExperimentConfig:
             _check_positive(key, value)
         _check_positive("planner.min_depth", self.planner.min_depth)
         _check_positive("profile.timed_steps", self.profile.timed_steps)
+        if self.federation.checkpoint_every < 0:
+            raise FedquadError(
+                f"federation.checkpoint_every = {self.federation.checkpoint_every}: "
+                "use a whole number >= 0 (0: no checkpoints)"
+            )
         for key, opt in [
             ("planner.rank_total", self.planner.rank_total),
             ("planner.legend_depth", self.planner.legend_depth),

@@ -29,6 +29,10 @@ class RoundProgress:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
+    def skip(self, rounds: int) -> None:
+        """Rounds already done (a resumed run)."""
+        self.progress.advance(self.task, rounds)
+
     def update(self, record: dict[str, Any]) -> None:
         if self.enabled:
             parts = [f"round {record['round']:>3}"]

@@ -26,6 +26,7 @@ from fedquad.errors import FedquadError
 from fedquad.models.lora import State
 from fedquad.planners import Plan, PlanContext, method, plan_round
 from fedquad.server.capacity import CapacityEstimator, Report
+from fedquad.server.checkpoint import Checkpoint
 from fedquad.server.clock import RoundTiming, VirtualClock, time_round
 from fedquad.server.messages import Executor, TrainInstruction, TrainReply
 
@@ -51,6 +52,8 @@ class RoundSettings:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     base_rank: int = 8
     """``r``: the reference rank (budgets' footprint, HetLoRA's rank set)."""
+    checkpoint_every: int = 1
+    """Rounds between server checkpoints (0: none)."""
 
 
 def settings_for(config: ExperimentConfig) -> RoundSettings:
@@ -67,6 +70,7 @@ def settings_for(config: ExperimentConfig) -> RoundSettings:
         capacity_gamma=config.fleet.capacity_gamma,
         planner=config.planner,
         base_rank=config.lora.rank,
+        checkpoint_every=fed.checkpoint_every,
     )
 
 
@@ -146,13 +150,20 @@ def run_rounds(
     executor: Executor,
     state: State,
     on_round: Callable[[dict[str, Any]], None] = lambda _: None,
+    resume: Checkpoint | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
 ) -> RoundsOutcome:
-    """Run every round from the initial global ``state``; ``on_round`` gets each metrics record."""
+    """Run every round from the initial global ``state`` (or from ``resume``'s round onwards);
+    ``on_round`` gets each metrics record, ``on_checkpoint`` a checkpoint every
+    ``settings.checkpoint_every`` rounds and after the last."""
     outcome = RoundsOutcome(state=state, capacity=CapacityEstimator(gamma=settings.capacity_gamma))
     planner = RoundPlanner(settings, fleet, profile, lora_depth, executor.device_samples())
     rule = method(settings.method).aggregation
-    host_total = 0.0
-    for r in range(1, settings.rounds + 1):
+    host_total, first = 0.0, 1
+    if resume is not None:
+        outcome.state, outcome.clock, outcome.capacity = resume.state, resume.clock, resume.capacity
+        host_total, first = resume.host_seconds, resume.round + 1
+    for r in range(first, settings.rounds + 1):
         start = time.perf_counter()
         planned = planner.plan(r, outcome.capacity)
         devices, sampled, plan = planned.devices, planned.sampled, planned.plan
@@ -203,6 +214,9 @@ def run_rounds(
         record["host_seconds_total"] = host_total
         outcome.metrics.append(record)
         on_round(record)
+        every = settings.checkpoint_every
+        if on_checkpoint is not None and every and (r % every == 0 or r == settings.rounds):
+            on_checkpoint(Checkpoint(r, outcome.state, outcome.clock, outcome.capacity, host_total))
     return outcome
 
 
