@@ -181,3 +181,18 @@ def test_zero_padded_keeps_components_beyond_every_rank_trained_this_round():
     # rows / columns 2 and 3: no device had that rank this round, they keep their values
     assert torch.equal(new[a_name][2:], old[a_name][2:])
     assert torch.equal(new[b_name][:, 2:], old[b_name][:, 2:])
+
+
+def test_robust_median_and_trimmed_mean_ignore_one_wild_update():
+    from fedquad.aggregate import aggregate_robust
+
+    old = {"w": torch.zeros(2), "untouched": torch.ones(1)}
+    values = [1.0, 2.0, 3.0, 4.0, 1000.0]
+    updates = [Update({"w": torch.tensor([v, -v])}, 10 * (i + 1)) for i, v in enumerate(values)]
+    median = aggregate_robust(old, updates, "median")
+    assert torch.equal(median["w"], torch.tensor([3.0, -3.0]))
+    trimmed = aggregate_robust(old, updates, "trimmed-mean", trim_fraction=0.2)
+    assert torch.equal(trimmed["w"], torch.tensor([3.0, -3.0]))  # mean of 2, 3, 4
+    assert torch.equal(median["untouched"], old["untouched"])
+    even = aggregate_robust(old, updates[:4], "median")
+    assert torch.equal(even["w"], torch.tensor([2.5, -2.5]))

@@ -29,8 +29,9 @@ METHODS = (
     "fedquad-noquant",
 )
 DEADLINES = ("anchored", "search")
+ROBUST_CHOICES = ("none", "median", "trimmed-mean")
 RANK_DISTRIBUTIONS = ("halving", "uniform", "linear")
-ENGINES = ("local",)
+ENGINES = ("local", "flower-sim")
 PARTITIONS = ("iid", "dirichlet", "shards")
 OPTIMIZERS = ("adamw", "sgd")
 WEIGHTINGS = ("samples", "uniform")
@@ -124,6 +125,14 @@ class FederationConfig:
     checkpoint_every: int = 1
     """Rounds between server checkpoints in the run directory (0: none); resume with
     ``fedquad run --resume DIR``."""
+    robust: str = "none"
+    """Per-layer aggregation statistic: none (weighted mean), median or trimmed-mean
+    (coordinate-wise, unweighted; per-layer methods only)."""
+    trim_fraction: float = 0.1
+    """Share of the largest and of the smallest values dropped per coordinate (trimmed-mean)."""
+    norm_bound: float = 10.0
+    """Reject an update whose distance from the global state is more than this many times the
+    round's median (0: off)."""
 
 
 @dataclass
@@ -289,6 +298,20 @@ class ExperimentConfig:
         if target is not None and not 0 < target <= 1:
             raise FedquadError(
                 f"federation.target_accuracy = {target!r} is not allowed: use a number in (0, 1]"
+            )
+        _check_choice("federation.robust", self.federation.robust, ROBUST_CHOICES)
+        if not 0 <= self.federation.trim_fraction < 0.5:
+            raise FedquadError(
+                f"federation.trim_fraction = {self.federation.trim_fraction!r}: use [0, 0.5)"
+            )
+        if not self.federation.norm_bound >= 0:
+            raise FedquadError(
+                f"federation.norm_bound = {self.federation.norm_bound!r}: use a number >= 0"
+            )
+        if self.federation.robust != "none" and self.method in ("hetlora", "flexlora"):
+            raise FedquadError(
+                f"federation.robust = {self.federation.robust!r} does not apply to {self.method}"
+                ": its devices send rank-truncated tensors; use none"
             )
         if not 0 <= self.fleet.kappa < 1:
             raise FedquadError(f"fleet.kappa = {self.fleet.kappa!r}: use a number in [0, 1)")

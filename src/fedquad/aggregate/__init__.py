@@ -8,13 +8,16 @@ the scale the trainer uses on every device whatever its rank, so all updates sha
 
 from fedquad.aggregate.hetrank import aggregate_svd, aggregate_zero_padded
 from fedquad.aggregate.perlayer import Update, aggregate_per_layer
+from fedquad.aggregate.robust import ROBUST, aggregate_robust
 from fedquad.aggregate.rules import RULES, aggregate
 
 __all__ = [
+    "ROBUST",
     "RULES",
     "Update",
     "aggregate",
     "aggregate_per_layer",
+    "aggregate_robust",
     "aggregate_svd",
     "aggregate_zero_padded",
 ]

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from fedquad.aggregate import Update, aggregate
+from fedquad.aggregate import Update, aggregate, aggregate_robust
 from fedquad.config import ExperimentConfig, PlannerConfig, QuantConfig
 from fedquad.cost.fleet import Device, FleetSpec, devices_for_round, sample_available
 from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
+from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.models.lora import State
 from fedquad.planners import Plan, PlanContext, method, plan_round
@@ -29,6 +30,7 @@ from fedquad.server.capacity import CapacityEstimator, Report
 from fedquad.server.checkpoint import Checkpoint
 from fedquad.server.clock import RoundTiming, VirtualClock, time_round
 from fedquad.server.messages import Executor, TrainInstruction, TrainReply
+from fedquad.server.validate import norm_outliers, update_distance, update_problem
 
 _PLANNER_STREAM = 3
 """Extra seed word of the planner's generator (FedRA's draws): its own stream."""
@@ -54,6 +56,9 @@ class RoundSettings:
     """``r``: the reference rank (budgets' footprint, HetLoRA's rank set)."""
     checkpoint_every: int = 1
     """Rounds between server checkpoints (0: none)."""
+    robust: str = "none"
+    trim_fraction: float = 0.1
+    norm_bound: float = 10.0
 
 
 def settings_for(config: ExperimentConfig) -> RoundSettings:
@@ -71,6 +76,9 @@ def settings_for(config: ExperimentConfig) -> RoundSettings:
         planner=config.planner,
         base_rank=config.lora.rank,
         checkpoint_every=fed.checkpoint_every,
+        robust=fed.robust,
+        trim_fraction=fed.trim_fraction,
+        norm_bound=fed.norm_bound,
     )
 
 
@@ -177,9 +185,16 @@ def run_rounds(
             )
             for d, cfg in plan.configs.items()
         ]
-        replies = executor.train(instructions)
+        replies, rejected = _accepted(
+            executor.train(instructions), plan, outcome.state, settings, profile.num_blocks
+        )
         updates = [Update(reply.tensors, reply.num_samples) for reply in replies]
-        outcome.state = aggregate(rule, outcome.state, updates, settings.weighting)
+        if settings.robust != "none":
+            outcome.state = aggregate_robust(
+                outcome.state, updates, settings.robust, settings.trim_fraction
+            )
+        else:
+            outcome.state = aggregate(rule, outcome.state, updates, settings.weighting)
         trained = {reply.device_id: devices[reply.device_id] for reply in replies}
         configs = {d: plan.configs[d] for d in trained}
         timing = time_round(profile, configs, trained, settings.local_steps)
@@ -191,6 +206,7 @@ def run_rounds(
             "sampled": sampled,
             "offline": sum(not d.available for d in devices),
             "sat_out": {str(k): v for k, v in plan.sat_out.items()},
+            "rejected": {str(k): v for k, v in rejected.items()},
             "devices": [
                 _device_record(reply, devices, configs, timing, profile) for reply in replies
             ],
@@ -218,6 +234,41 @@ def run_rounds(
         if on_checkpoint is not None and every and (r % every == 0 or r == settings.rounds):
             on_checkpoint(Checkpoint(r, outcome.state, outcome.clock, outcome.capacity, host_total))
     return outcome
+
+
+def assigned_names(state: State, config: DeviceConfig, num_blocks: int) -> set[str]:
+    """The global tensors a device with ``config`` may send: its trained blocks' LoRA and the
+    head. A federated tensor's only integer path component is its block index."""
+    trained = set(config.trained_blocks(num_blocks))
+    names = set()
+    for name in state:
+        blocks = [int(p) for p in name.split(".") if p.isdigit()]
+        if not blocks or blocks[0] in trained:
+            names.add(name)
+    return names
+
+
+def _accepted(
+    replies: list[TrainReply],
+    plan: Plan,
+    state: State,
+    settings: RoundSettings,
+    num_blocks: int,
+) -> tuple[list[TrainReply], dict[int, str]]:
+    """The replies fit to aggregate, and the reason each other one was rejected."""
+    rejected: dict[int, str] = {}
+    good: list[TrainReply] = []
+    for reply in replies:
+        assigned = assigned_names(state, plan.configs[reply.device_id], num_blocks)
+        problem = update_problem(reply.tensors, state, assigned)
+        if problem is None:
+            good.append(reply)
+        else:
+            rejected[reply.device_id] = problem
+    distances = {r.device_id: update_distance(r.tensors, state) for r in good}
+    outliers = norm_outliers(distances, settings.norm_bound)
+    rejected.update(outliers)
+    return [r for r in good if r.device_id not in outliers], rejected
 
 
 def _estimate(capacity: CapacityEstimator, declared: Device) -> Device:
