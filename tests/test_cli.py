@@ -121,3 +121,11 @@ def test_fleet_show_gives_each_tier_its_largest_feasible_depth(capsys, tmp_path)
 def test_fleet_show_rejects_a_fleet_that_is_no_file(capsys):
     code, _, err = run_cli(capsys, "fleet", "show", "--fleet", "no-such-fleet")
     assert_one_line_error(code, err, "no-such-fleet")
+
+
+def test_a_sequence_longer_than_the_model_allows_is_refused(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys, "run", *FAST, "--set", "model.max_length=1000", "--set", f"output_dir={tmp_path}"
+    )
+    assert_one_line_error(code, err, "model.max_length = 1000")
+    assert not any(tmp_path.iterdir())  # nothing written for a run that could not start

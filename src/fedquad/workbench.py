@@ -138,6 +138,12 @@ def build_workbench(config: ExperimentConfig) -> Workbench:
     tokenizer = load_tokenizer(config.model.name)
     model = load_sequence_classifier(config.model.name, data.num_labels)
     parts = describe_model(model)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and config.model.max_length > limit:
+        raise FedquadError(
+            f"model.max_length = {config.model.max_length} is more than {config.model.name}'s "
+            f"{limit} positions: use at most {limit}"
+        )
     structure = method_structure(config, parts.num_blocks)
     peft_model = attach_lora(model, parts, structure)
     train_tok = tokenize_dataset(data.train, tokenizer, config.model.max_length)
