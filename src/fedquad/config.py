@@ -189,6 +189,8 @@ class ExperimentConfig:
     output_dir: str = "runs"
     """Each run writes into a fresh sub-directory of this one."""
     run_name: str | None = None
+    tensorboard: bool = False
+    """Also log per-round scalars for TensorBoard under the run's ``tensorboard/``."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
