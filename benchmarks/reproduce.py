@@ -1,0 +1,87 @@
+"""Reproduce the papers' claims on this machine: every method on the default fleet, same seed,
+partition and rounds, on SST-2 (when ``../shared/data/sst2`` or ``$FEDQUAD_SST2_DIR`` is there)
+and on the embedded fine-food reviews. Writes each comparison's table (``comparison.md``,
+``comparison.json``) and plots into ``benchmarks/results/<dataset>/``.
+
+    .venv/bin/python benchmarks/reproduce.py [--datasets sst2,fine-foods] [--set key=value ...]
+
+Budget (METHODS.md §7): one dataset's comparison within an hour on a 2-core CPU. The settings
+below were chosen for that: sequence length 64 (SST-2 sentences fit), batch 16, 5 local steps,
+10 of 80 devices per round, Dirichlet label skew alpha = 1, evaluation every round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from fedquad.compare import DEFAULT_METHODS, compare
+from fedquad.config import load_config
+from fedquad.data.sources import _find_sst2_dir
+from fedquad.errors import FedquadError
+
+RESULTS = Path(__file__).parent / "results"
+
+COMMON = [
+    "seed=0",
+    "model.name='minilm'",
+    "model.max_length=64",
+    "data.partition='dirichlet'",
+    "data.alpha=1.0",
+    "train.batch_size=16",
+    "train.local_steps=5",
+    "train.lr=1e-3",
+    "federation.num_devices=80",
+    "federation.devices_per_round=10",
+    "federation.eval_every=1",
+]
+
+DATASETS = {
+    "sst2": ["data.name='sst2'", "federation.rounds=20"],
+    "fine-foods": ["data.name='fine-foods'", "model.max_length=128", "federation.rounds=20"],
+}
+
+
+def _sst2_present() -> bool:
+    try:
+        _find_sst2_dir()
+    except FedquadError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="sst2,fine-foods")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    for name in args.datasets.split(","):
+        if name == "sst2" and not _sst2_present():
+            print("sst2: no data (../shared/data/sst2 or $FEDQUAD_SST2_DIR): skipped")
+            continue
+        work = Path(tempfile.mkdtemp(prefix=f"fedquad-reproduce-{name}-"))
+        config = load_config(
+            None, [*COMMON, *DATASETS[name], *args.overrides, f"output_dir={str(work)!r}"]
+        )
+        start = time.perf_counter()
+        result = compare(
+            config,
+            args.methods.split(","),
+            on_method=lambda i, m, name=name: print(f"{name}: method {i + 1}: {m}", flush=True),
+        )
+        minutes = (time.perf_counter() - start) / 60
+        out = RESULTS / name
+        out.mkdir(parents=True, exist_ok=True)
+        for path in result.dir.iterdir():
+            if path.is_file():
+                shutil.copy2(path, out / path.name)
+        print(result.markdown())
+        print(f"{name}: {minutes:.1f} min host time; tables and plots in {out}")
+
+
+if __name__ == "__main__":
+    main()
