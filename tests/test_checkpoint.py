@@ -1,4 +1,4 @@
-"""Checkpoint and resume: a run killed mid-round and resumed ends exactly like an uninterrupted one."""
+"""Checkpoint and resume: a run killed mid-round, resumed, ends like an uninterrupted one."""
 
 from __future__ import annotations
 

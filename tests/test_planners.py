@@ -107,11 +107,12 @@ def test_fedquad_rounds_are_no_longer_than_fedlora_rounds_on_the_default_fleet()
         devices = round_devices(seed, r, ctx)
         by_id = {d.id: d for d in devices}
 
-        def longest(plan):
-            return max(ctx.round_seconds(by_id[i], c) for i, c in plan.configs.items())
-
         fedquad, fedlora = plan_round("fedquad", devices, ctx), plan_round("fedlora", devices, ctx)
-        assert longest(fedquad) <= longest(fedlora), (seed, r)
+        longest = [
+            max(ctx.round_seconds(by_id[i], c) for i, c in plan.configs.items())
+            for plan in (fedquad, fedlora)
+        ]
+        assert longest[0] <= longest[1], (seed, r)
 
 
 def test_anchored_round_is_no_longer_than_the_slowest_cheapest_option():

@@ -3,8 +3,6 @@ match real measurements (saved bytes exactly for every (d, q); host step time wi
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 import torch
 
@@ -105,7 +103,8 @@ def test_predicted_step_time_within_25_percent_of_measured(workload):
     profile = profile_workload(model, parts, structure, batch, train, QuantConfig())
     for depth in (1, 3, 6):
         config = DeviceConfig(depth)
-        measured = statistics.median(_step(workload, batch, config, train).step_seconds[1:])
+        # the fastest step, as the profiler takes: interference from other processes only adds
+        measured = min(_step(workload, batch, config, train).step_seconds[1:])
         predicted = step_seconds(profile, config)
         assert abs(predicted - measured) <= 0.25 * measured, (depth, predicted, measured)
 

@@ -205,3 +205,22 @@ def test_every_method_runs_end_to_end_on_the_default_fleet(method, tmp_path):
         assert all(not m["sat_out"] for m in metrics)
     assert 0 <= result.summary["final_accuracy"] <= 1
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_tensorboard_flag_writes_event_files(tmp_path):
+    from fedquad.cli import main
+
+    sets = [
+        x for o in [*SMALL, "federation.rounds=1", f"output_dir={tmp_path}"] for x in ("--set", o)
+    ]
+    assert main(["run", "--quiet", "--tensorboard", *sets]) == 0
+    (run_dir,) = list(tmp_path.iterdir())
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    assert "test_accuracy" in acc.Tags()["scalars"]
+    (point,) = acc.Scalars("test_accuracy")
+    assert point.value == pytest.approx(read_metrics(run_dir)[0]["test_accuracy"])

@@ -14,13 +14,14 @@ import torch
 from fedquad.config import ExperimentConfig, load_config
 from fedquad.cost.fleet import fleet_to_toml, load_fleet
 from fedquad.cost.model import CostProfile
-from fedquad.engines.local import LocalExecutor
+from fedquad.engines import execute
 from fedquad.errors import FedquadError
 from fedquad.models.lora import get_state, load_state
 from fedquad.quiet import quiet_libraries
 from fedquad.report.plots import write_run_plots
 from fedquad.report.progress import RoundProgress
 from fedquad.report.results import RunWriter, default_run_name, new_run_dir, read_metrics
+from fedquad.report.tensorboard import TensorBoardLog
 from fedquad.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedquad.server.rounds import (
     best_accuracy,
@@ -29,6 +30,7 @@ from fedquad.server.rounds import (
     settings_for,
     time_to_target,
 )
+from fedquad.train.generate import causal_lm_summary
 from fedquad.workbench import Workbench, build_workbench, workload_profile
 
 CHECKPOINT_DIR = "checkpoint"
@@ -94,35 +96,35 @@ def _execute(
     checkpoint: Checkpoint | None = None,
 ) -> RunResult:
     config = bench.config
-    executor = LocalExecutor(
-        bench.model,
-        bench.parts,
-        bench.structure,
-        bench.device_data,
-        bench.test_data,
-        config.train,
-        config.quant,
-    )
     fed = config.federation
     with RoundProgress(fed.rounds, enabled=progress) as bar:
         if checkpoint is not None:
             bar.skip(checkpoint.round)
 
+        board = TensorBoardLog(writer.dir / "tensorboard") if config.tensorboard else None
+
         def on_round(record: dict[str, Any]) -> None:
             writer.append_metrics(record)
             bar.update(record)
+            if board is not None:
+                board.log(record)
 
-        outcome = run_rounds(
-            settings_for(config),
-            bench.fleet,
-            profile,
-            bench.structure.depth,
-            executor,
-            get_state(bench.model),
-            on_round,
-            resume=checkpoint,
-            on_checkpoint=lambda c: save_checkpoint(writer.dir / CHECKPOINT_DIR, c),
+        outcome = execute(
+            bench,
+            lambda executor: run_rounds(
+                settings_for(config),
+                bench.fleet,
+                profile,
+                bench.structure.depth,
+                executor,
+                get_state(bench.model),
+                on_round,
+                resume=checkpoint,
+                on_checkpoint=lambda c: save_checkpoint(writer.dir / CHECKPOINT_DIR, c),
+            ),
         )
+    if board is not None:
+        board.close()
     metrics = read_metrics(writer.dir)
     load_state(bench.model, outcome.state)
     bench.model.save_pretrained(str(writer.adapter_dir))
@@ -131,6 +133,7 @@ def _execute(
     )
     summary = summarize(config, metrics, bench.label_names, bench.parts.num_blocks)
     summary["adapter_dir"] = str(writer.adapter_dir)
+    summary.update(causal_lm_summary(metrics, bench.test_data))
     writer.write_summary(summary)
     write_run_plots(writer.dir, metrics, f"{config.method} on {config.data.name}")
     return RunResult(run_dir=writer.dir, metrics=metrics, summary=summary)
@@ -139,7 +142,8 @@ def _execute(
 def summarize(
     config: ExperimentConfig, metrics: list[dict[str, Any]], labels: list[str], num_blocks: int
 ) -> dict[str, Any]:
-    last_eval: dict[str, Any] = next((m for m in reversed(metrics) if "test_accuracy" in m), {})
+    # every evaluation has a loss; a causal LM has an accuracy only on recast classification data
+    last_eval: dict[str, Any] = next((m for m in reversed(metrics) if "test_loss" in m), {})
     return {
         "method": config.method,
         "model": config.model.name,

@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument(
+        "--tensorboard", action="store_true", help="also log per-round scalars for TensorBoard"
+    )
+    run.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue an interrupted run from its last checkpoint (its own config is used)",
@@ -139,7 +142,8 @@ def _run(args: argparse.Namespace) -> int:
 
         result = resume(args.resume, progress=not args.quiet)
     else:
-        result = run(load_config(args.config, args.overrides), progress=not args.quiet)
+        overrides = [*args.overrides, *(["tensorboard=true"] if args.tensorboard else [])]
+        result = run(load_config(args.config, overrides), progress=not args.quiet)
     s = result.summary
     print(
         f"final accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f}) after "
@@ -165,7 +169,7 @@ def _compare(args: argparse.Namespace) -> int:
     from fedquad.compare import DEFAULT_METHODS, check_target, compare, parse_methods
     from fedquad.config import load_config
     from fedquad.quiet import quiet_libraries
-    from fedquad.report.compare import rich_table
+    from fedquad.report.compare import rich_tables
 
     methods = parse_methods(args.methods if args.methods is not None else DEFAULT_METHODS)
     check_target(args.target)
@@ -179,7 +183,8 @@ def _compare(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         on_method=lambda i, m: status.print(f"[bold]{m}[/bold] ({i + 1} of {len(methods)})"),
     )
-    Console().print(rich_table(result.rows, result.target))
+    for table in rich_tables(result.rows, result.target):
+        Console().print(table)
     print(f"comparison in {result.dir}")
     return 0
 
@@ -206,10 +211,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name, text in BUILTIN_MODELS.items():
             print(f"{name:16} {text}")
         return 0
-    from fedquad.data import BUILTIN_DATASETS
+    from fedquad.data import BUILTIN_DATASETS, PROMPT_DATASETS
 
-    for name, text in BUILTIN_DATASETS.items():
-        print(f"{name:16} {text}")
+    for name, text in {**BUILTIN_DATASETS, **PROMPT_DATASETS}.items():
+        print(f"{name:18} {text}")
     return 0
 
 

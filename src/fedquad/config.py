@@ -37,12 +37,16 @@ OPTIMIZERS = ("adamw", "sgd")
 WEIGHTINGS = ("samples", "uniform")
 QUANT_POSITIONS = ("bottom", "top")
 QUANT_BITS = (8, 4, 2)
+TASKS = ("classification", "causal-lm")
 
 
 @dataclass
 class ModelConfig:
     name: str = "minilm"
     """Built-in name (minilm, smollm2-135m), a local model directory, or a hub id."""
+    task: str = "classification"
+    """``classification`` (a sequence classifier with a trained head) or ``causal-lm``
+    (instruction tuning of a decoder on prompt/response pairs; the LM head stays frozen)."""
     max_length: int = 64
     """Tokens per example (truncated / padded)."""
 
@@ -50,10 +54,12 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "fine-foods"
-    """Built-in name (fine-foods, sst2), a local CSV/TSV/JSONL/Parquet file or directory,
-    or a Hugging Face dataset name."""
+    """Built-in name (fine-foods, sst2; for causal-lm chatterbot, fine-foods-prompts), a local
+    CSV/TSV/JSONL/Parquet file or directory, or a Hugging Face dataset name."""
     text_column: str | None = None
+    """Text field (default ``text``); for causal-lm the prompt field (default ``instruction``)."""
     label_column: str | None = None
+    """Label field (default ``label``); for causal-lm the response field (default ``response``)."""
     test_fraction: float = 0.2
     """Hold-out fraction when the dataset has no test split."""
     max_train_samples: int | None = None
@@ -133,6 +139,11 @@ class FederationConfig:
     norm_bound: float = 10.0
     """Reject an update whose distance from the global state is more than this many times the
     round's median (0: off)."""
+    deadline_slack: float = 0.5
+    """The server waits for the planner's predicted round time x (1 + slack); a device not done
+    by then is left out of the round's aggregation."""
+    round_deadline: float | None = None
+    """A fixed round deadline in (virtual) seconds instead of the derived one."""
 
 
 @dataclass
@@ -174,6 +185,18 @@ class PlannerConfig:
 
 
 @dataclass
+class FaultConfig:
+    """Injected faults (tests, robustness experiments): per device and round, with these
+    probabilities, the device crashes mid-round, straggles ``delay_factor`` times slower than
+    its profile, or sends NaN in its update."""
+
+    crash_probability: float = 0.0
+    delay_probability: float = 0.0
+    delay_factor: float = 3.0
+    corrupt_probability: float = 0.0
+
+
+@dataclass
 class ProfileConfig:
     """How the workload's cost profile is measured (once, then cached)."""
 
@@ -200,6 +223,7 @@ class ExperimentConfig:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -210,6 +234,7 @@ class ExperimentConfig:
     def validate(self) -> ExperimentConfig:
         _check_choice("method", self.method, METHODS)
         _check_choice("engine", self.engine, ENGINES)
+        _check_choice("model.task", self.model.task, TASKS)
         _check_choice("data.partition", self.data.partition, PARTITIONS)
         _check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         _check_choice("federation.weighting", self.federation.weighting, WEIGHTINGS)
@@ -255,6 +280,14 @@ class ExperimentConfig:
             _check_positive(key, value)
         _check_positive("planner.min_depth", self.planner.min_depth)
         _check_positive("profile.timed_steps", self.profile.timed_steps)
+        fc = self.faults
+        probabilities = [fc.crash_probability, fc.delay_probability, fc.corrupt_probability]
+        if any(not 0 <= p <= 1 for p in probabilities) or sum(probabilities) > 1:
+            raise FedquadError(
+                f"faults probabilities {probabilities}: use numbers in [0, 1] summing to <= 1"
+            )
+        if not fc.delay_factor >= 1:
+            raise FedquadError(f"faults.delay_factor = {fc.delay_factor!r}: use a number >= 1")
         if self.federation.checkpoint_every < 0:
             raise FedquadError(
                 f"federation.checkpoint_every = {self.federation.checkpoint_every}: "
@@ -306,6 +339,13 @@ class ExperimentConfig:
             raise FedquadError(
                 f"federation.trim_fraction = {self.federation.trim_fraction!r}: use [0, 0.5)"
             )
+        if not self.federation.deadline_slack >= 0:
+            raise FedquadError(
+                f"federation.deadline_slack = {self.federation.deadline_slack!r}: use a number >= 0"
+            )
+        rd = self.federation.round_deadline
+        if rd is not None and not rd > 0:
+            raise FedquadError(f"federation.round_deadline = {rd!r}: use a number of seconds > 0")
         if not self.federation.norm_bound >= 0:
             raise FedquadError(
                 f"federation.norm_bound = {self.federation.norm_bound!r}: use a number >= 0"

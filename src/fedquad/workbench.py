@@ -18,17 +18,22 @@ from fedquad.cost.fleet import FleetSpec, Tier, default_fleet, load_fleet
 from fedquad.cost.model import CostProfile
 from fedquad.cost.profiler import ProfileSettings, cached_profile, profile_key, profile_workload
 from fedquad.data import load_text_classification, partition_dataset, tokenize_dataset
+from fedquad.data.chat import tokenize_pairs
+from fedquad.data.prompts import load_prompt_data
 from fedquad.engines.local import TensorData
 from fedquad.errors import FedquadError
+from fedquad.models.causal_lm import keep_answer_logits
 from fedquad.models.lora import LoraStructure, attach_lora, block_linear_targets, build_structure
 from fedquad.models.registry import (
     ModelParts,
     cache_dir,
     describe_model,
+    load_causal_lm,
     load_sequence_classifier,
     load_tokenizer,
 )
 from fedquad.planners import global_ranks
+from fedquad.train.generate import PromptTestSet
 
 BUILTIN_FLEETS = ("default", "uniform")
 
@@ -37,8 +42,9 @@ BUILTIN_FLEETS = ("default", "uniform")
 class Workbench:
     config: ExperimentConfig
     label_names: list[str]
+    """Class names; for causal-lm the answer words of recast classification data, or empty."""
     model: PeftModel
-    """The classifier with LoRA attached."""
+    """The classifier or causal LM with LoRA attached."""
     parts: ModelParts
     structure: LoraStructure
     fleet: FleetSpec
@@ -125,6 +131,8 @@ def build_workbench(config: ExperimentConfig) -> Workbench:
     """Load and partition the data and the model for ``config`` (validated first)."""
     config.validate()
     fleet = resolve_fleet(config)
+    if config.model.task == "causal-lm":
+        return _causal_lm_workbench(config, fleet)
     dc = config.data
     data = load_text_classification(
         dc.name,
@@ -138,23 +146,58 @@ def build_workbench(config: ExperimentConfig) -> Workbench:
     tokenizer = load_tokenizer(config.model.name)
     model = load_sequence_classifier(config.model.name, data.num_labels)
     parts = describe_model(model)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and config.model.max_length > limit:
-        raise FedquadError(
-            f"model.max_length = {config.model.max_length} is more than {config.model.name}'s "
-            f"{limit} positions: use at most {limit}"
-        )
+    _check_positions(config, model)
     structure = method_structure(config, parts.num_blocks)
     peft_model = attach_lora(model, parts, structure)
     train_tok = tokenize_dataset(data.train, tokenizer, config.model.max_length)
-    partitions = partition_dataset(
-        train_tok,
-        fleet.num_devices,
-        dc.partition,
-        alpha=dc.alpha,
-        shards_per_partition=dc.shards_per_partition,
-        min_partition_size=dc.min_partition_size,
+    return Workbench(
+        config=config,
+        label_names=data.label_names,
+        model=peft_model,
+        parts=parts,
+        structure=structure,
+        fleet=fleet,
+        device_data=_device_data(config, fleet, train_tok),
+        test_data=to_tensors(tokenize_dataset(data.test, tokenizer, config.model.max_length)),
+    )
+
+
+def _causal_lm_workbench(config: ExperimentConfig, fleet: FleetSpec) -> Workbench:
+    """Instruction tuning: prompt/response pairs, a causal LM whose LM head stays frozen."""
+    dc = config.data
+    data = load_prompt_data(
+        dc.name,
+        prompt_column=dc.text_column,
+        response_column=dc.label_column,
+        test_fraction=dc.test_fraction,
         seed=config.seed,
+        max_train_samples=dc.max_train_samples,
+        max_test_samples=dc.max_test_samples,
+    )
+    if dc.partition != "iid" and not data.has_labels:
+        raise FedquadError(
+            f"data.partition = {dc.partition!r} needs labels, and '{dc.name}' has none "
+            "(only recast classification data such as fine-foods-prompts does): use iid"
+        )
+    tokenizer = load_tokenizer(config.model.name)
+    model = load_causal_lm(config.model.name)
+    # The LM head (often tied to the input embeddings) is neither trained nor exchanged: only
+    # the blocks' LoRA is federated.
+    parts = dataclasses.replace(describe_model(model), head_names=[])
+    _check_positions(config, model)
+    structure = method_structure(config, parts.num_blocks)
+    peft_model = attach_lora(model, parts, structure)
+    keep_answer_logits(peft_model)
+    length = config.model.max_length
+    train_tok = tokenize_pairs(data.train, tokenizer, length)
+    test_tok = tokenize_pairs(data.test, tokenizer, length, with_prompts=True)
+    columns = ["input_ids", "attention_mask", "labels", "prompt_ids", "prompt_mask"]
+    test_data = PromptTestSet(
+        test_tok.with_format("torch", columns=columns)[:],
+        tokenizer,
+        prompts=data.test["prompt"],
+        references=data.test["response"],
+        answers=data.test["response"] if data.has_labels else None,
     )
     return Workbench(
         config=config,
@@ -163,20 +206,45 @@ def build_workbench(config: ExperimentConfig) -> Workbench:
         parts=parts,
         structure=structure,
         fleet=fleet,
-        device_data=[to_tensors(p) for p in partitions],
-        test_data=to_tensors(tokenize_dataset(data.test, tokenizer, config.model.max_length)),
+        device_data=_device_data(config, fleet, train_tok),
+        test_data=test_data,
     )
 
 
+def _check_positions(config: ExperimentConfig, model: Any) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and config.model.max_length > limit:
+        raise FedquadError(
+            f"model.max_length = {config.model.max_length} is more than {config.model.name}'s "
+            f"{limit} positions: use at most {limit}"
+        )
+
+
+def _device_data(config: ExperimentConfig, fleet: FleetSpec, train: Any) -> list[TensorData]:
+    dc = config.data
+    partitions = partition_dataset(
+        train,
+        fleet.num_devices,
+        dc.partition,
+        alpha=dc.alpha,
+        shards_per_partition=dc.shards_per_partition,
+        min_partition_size=dc.min_partition_size,
+        seed=config.seed,
+    )
+    return [to_tensors(p) for p in partitions]
+
+
 def to_tensors(dataset: Any) -> TensorData:
-    """Tokenized dataset → the dict of tensors the trainer batches from."""
+    """Tokenized dataset → the dict of tensors the trainer batches from: class ids as
+    ``labels``, or a causal LM's token labels."""
     # One materialisation into plain tensors: a dataset column is a lazy view that decodes
     # from Arrow on every slice.
-    rows = dataset.with_format("torch", columns=["input_ids", "attention_mask", "label"])[:]
+    label = "labels" if "labels" in dataset.column_names else "label"
+    rows = dataset.with_format("torch", columns=["input_ids", "attention_mask", label])[:]
     return {
         "input_ids": rows["input_ids"],
         "attention_mask": rows["attention_mask"],
-        "labels": rows["label"],
+        "labels": rows[label],
     }
 
 
@@ -193,7 +261,7 @@ def workload_profile(
         num_blocks=parts.num_blocks,
         hidden_size=parts.hidden_size,
         params=sum(p.numel() for p in bench.model.parameters()),
-        task="sequence-classification",
+        task="sequence-classification" if config.model.task == "classification" else "causal-lm",
         num_labels=len(bench.label_names),
         batch_size=train.batch_size,
         max_length=config.model.max_length,

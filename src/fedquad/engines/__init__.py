@@ -1,1 +1,34 @@
 """Executors that carry the round's messages to the clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from fedquad.engines.local import LocalExecutor
+from fedquad.server.messages import Executor
+
+if TYPE_CHECKING:
+    from fedquad.workbench import Workbench
+
+T = TypeVar("T")
+
+
+def execute(bench: Workbench, body: Callable[[Executor], T]) -> T:
+    """Run ``body`` (the round loop) with the executor of the bench's ``engine``."""
+    config = bench.config
+    local = LocalExecutor(
+        bench.model,
+        bench.parts,
+        bench.structure,
+        bench.device_data,
+        bench.test_data,
+        config.train,
+        config.quant,
+    )
+    if config.engine == "flower-sim":
+        # Flower and Ray load only when asked for; the global model is evaluated here
+        from fedquad.engines.flower_sim import run_on_simulation
+
+        return run_on_simulation(bench, local.evaluate, body)
+    return body(local)

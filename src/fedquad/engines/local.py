@@ -1,6 +1,8 @@
 """Local executor: every client in this process, one after the other, on one shared base model.
 
 Only the LoRA and head tensors are swapped per device; the frozen base weights are never copied.
+:func:`train_device` is the client's whole work on one instruction, and every executor's client
+side calls it, so no engine carries its own copy of the training logic.
 """
 
 from __future__ import annotations
@@ -11,10 +13,52 @@ from torch import nn
 from fedquad.config import QuantConfig, TrainConfig
 from fedquad.models.lora import LoraStructure, State, load_state
 from fedquad.models.registry import ModelParts
+from fedquad.server.faults import CORRUPT, CRASH, DELAY
 from fedquad.server.messages import TrainInstruction, TrainReply
 from fedquad.train.local import evaluate, train_local
 
 TensorData = dict[str, torch.Tensor]
+
+
+def train_device(
+    model: nn.Module,
+    parts: ModelParts,
+    structure: LoraStructure,
+    data: TensorData,
+    instruction: TrainInstruction,
+    settings: TrainConfig,
+    quant: QuantConfig,
+) -> TrainReply:
+    """Load the instruction's global tensors into ``model``, train, and reply.
+
+    An injected fault (``instruction.fault``) makes the device crash before replying, report
+    that it ran ``delay_factor`` times slower, or send NaN in place of its update.
+    """
+    if instruction.fault == CRASH:
+        return TrainReply(
+            device_id=instruction.device_id,
+            tensors={},
+            num_samples=len(data["labels"]),
+            error="crashed mid-round (injected fault)",
+        )
+    load_state(model, instruction.tensors)
+    # the update is a function of the instruction alone (train_local seeds dropout too),
+    # whichever process trains it and whatever ran there before
+    result = train_local(
+        model, parts, structure, data, instruction.config, settings, instruction.seed, quant
+    )
+    measurements = result.measurements()
+    tensors = result.tensors
+    if instruction.fault == DELAY:
+        measurements["delay_factor"] = instruction.delay_factor
+    elif instruction.fault == CORRUPT:
+        tensors = {name: torch.full_like(t, float("nan")) for name, t in tensors.items()}
+    return TrainReply(
+        device_id=instruction.device_id,
+        tensors=tensors,
+        num_samples=result.num_samples,
+        measurements=measurements,
+    )
 
 
 class LocalExecutor:
@@ -40,28 +84,18 @@ class LocalExecutor:
         return [len(d["labels"]) for d in self.device_data]
 
     def train(self, instructions: list[TrainInstruction]) -> list[TrainReply]:
-        replies = []
-        for ins in instructions:
-            load_state(self.model, ins.tensors)
-            result = train_local(
+        return [
+            train_device(
                 self.model,
                 self.parts,
                 self.structure,
                 self.device_data[ins.device_id],
-                ins.config,
+                ins,
                 self.settings,
-                ins.seed,
                 self.quant,
             )
-            replies.append(
-                TrainReply(
-                    device_id=ins.device_id,
-                    tensors=result.tensors,
-                    num_samples=result.num_samples,
-                    measurements=result.measurements(),
-                )
-            )
-        return replies
+            for ins in instructions
+        ]
 
     def evaluate(self, state: State) -> dict[str, float]:
         load_state(self.model, state)

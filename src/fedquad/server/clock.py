@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedquad.cost.model import CostProfile, LinkProfile, download_bytes, round_time, upload_bytes
+from fedquad.cost.model import (
+    CostProfile,
+    LinkProfile,
+    RoundTime,
+    download_bytes,
+    round_time,
+    upload_bytes,
+)
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 
@@ -42,6 +49,8 @@ class RoundTiming:
     devices: dict[int, DeviceTime]
     straggler: int | None
     """Id of the device with the largest ``T_i`` (lowest id on a tie); None when none trained."""
+    late: tuple[int, ...] = ()
+    """Devices still busy at the round's deadline: the server stopped waiting for them."""
 
 
 def time_round(
@@ -49,8 +58,14 @@ def time_round(
     configs: Mapping[int, DeviceConfig],
     devices: Mapping[int, LinkProfile],
     local_steps: int,
+    deadline: float | None = None,
+    delays: Mapping[int, float] | None = None,
 ) -> RoundTiming:
-    """Time one round: every device in ``configs`` trains its config on its link in ``devices``."""
+    """Time one round: every device in ``configs`` trains its config on its link in ``devices``.
+
+    ``delays`` multiply a device's compute time (a straggling device). With a ``deadline`` the
+    round ends at the deadline if some device is still busy then; those devices are ``late``.
+    """
     if local_steps < 1:
         raise FedquadError(f"local_steps = {local_steps} is not allowed: use >= 1")
     missing = sorted(set(configs) - set(devices))
@@ -59,11 +74,20 @@ def time_round(
             f"device {missing[0]} has a config but no device profile: give one for every device"
         )
     times = {i: round_time(profile, configs[i], devices[i], local_steps) for i in sorted(configs)}
+    for i, factor in (delays or {}).items():
+        if i in times:
+            t = times[i]
+            compute = t.compute * factor
+            times[i] = RoundTime(compute, t.download, t.upload, compute + t.download + t.upload)
     if not times:
         return RoundTiming(seconds=0.0, devices={}, straggler=None)
     # max() keeps the first of equal totals: ties go to the lowest id.
     straggler = max(times, key=lambda i: times[i].total)
     seconds = times[straggler].total
+    late: tuple[int, ...] = ()
+    if deadline is not None and seconds > deadline:
+        late = tuple(i for i, t in times.items() if t.total > deadline)
+        seconds = deadline
     timed = {
         i: DeviceTime(
             device=i,
@@ -71,13 +95,13 @@ def time_round(
             download=t.download,
             upload=t.upload,
             total=t.total,
-            waiting=seconds - t.total,
+            waiting=max(0.0, seconds - t.total),
             bytes_down=download_bytes(profile, configs[i]),
             bytes_up=upload_bytes(profile, configs[i]),
         )
         for i, t in times.items()
     }
-    return RoundTiming(seconds=seconds, devices=timed, straggler=straggler)
+    return RoundTiming(seconds=seconds, devices=timed, straggler=straggler, late=late)
 
 
 @dataclass

@@ -20,6 +20,10 @@ class TrainInstruction:
     tensors: State
     """The global tensors the device starts from (LoRA and head)."""
     seed: int
+    fault: str | None = None
+    """An injected fault for this device and round (crash, delay, corrupt), or None."""
+    delay_factor: float = 1.0
+    """How much slower than its profile a ``delay`` fault makes the device."""
 
 
 @dataclass
@@ -29,6 +33,8 @@ class TrainReply:
     """Only what the device trained: its span's LoRA and the head."""
     num_samples: int
     measurements: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    """Why the device produced no update (it failed or disconnected mid-round); None if it did."""
 
 
 class Executor(Protocol):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedquad.aggregate import Update, aggregate, aggregate_robust
-from fedquad.config import ExperimentConfig, PlannerConfig, QuantConfig
+from fedquad.config import ExperimentConfig, FaultConfig, PlannerConfig, QuantConfig
 from fedquad.cost.fleet import Device, FleetSpec, devices_for_round, sample_available
 from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
 from fedquad.device_config import DeviceConfig
@@ -29,6 +29,7 @@ from fedquad.planners import Plan, PlanContext, method, plan_round
 from fedquad.server.capacity import CapacityEstimator, Report
 from fedquad.server.checkpoint import Checkpoint
 from fedquad.server.clock import RoundTiming, VirtualClock, time_round
+from fedquad.server.faults import fault_of
 from fedquad.server.messages import Executor, TrainInstruction, TrainReply
 from fedquad.server.validate import norm_outliers, update_distance, update_problem
 
@@ -59,6 +60,9 @@ class RoundSettings:
     robust: str = "none"
     trim_fraction: float = 0.1
     norm_bound: float = 10.0
+    deadline_slack: float = 0.5
+    round_deadline: float | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
 
 def settings_for(config: ExperimentConfig) -> RoundSettings:
@@ -79,6 +83,9 @@ def settings_for(config: ExperimentConfig) -> RoundSettings:
         robust=fed.robust,
         trim_fraction=fed.trim_fraction,
         norm_bound=fed.norm_bound,
+        deadline_slack=fed.deadline_slack,
+        round_deadline=fed.round_deadline,
+        faults=config.faults,
     )
 
 
@@ -182,12 +189,25 @@ def run_rounds(
                 config=cfg,
                 tensors=outcome.state,
                 seed=device_seed(settings.seed, r, d),
+                fault=fault_of(settings.faults, settings.seed, r, d),
+                delay_factor=settings.faults.delay_factor,
             )
             for d, cfg in plan.configs.items()
         ]
-        replies, rejected = _accepted(
-            executor.train(instructions), plan, outcome.state, settings, profile.num_blocks
-        )
+        received = executor.train(instructions)
+        dropped = {r.device_id: r.error for r in received if r.error is not None}
+        arrived = [r for r in received if r.error is None]
+        worked = {r.device_id: devices[r.device_id] for r in arrived}
+        configs = {d: plan.configs[d] for d in worked}
+        deadline = round_deadline(settings, planner.ctx, planned)
+        delays = {r.device_id: _delay(r) for r in arrived if _delay(r) != 1.0}
+        timing = time_round(profile, configs, worked, settings.local_steps, deadline, delays)
+        for d in timing.late:
+            dropped[d] = (
+                f"missed the deadline: {timing.devices[d].total:.1f} s > {deadline or 0:.1f} s"
+            )
+        on_time = [r for r in arrived if r.device_id not in timing.late]
+        replies, rejected = _accepted(on_time, plan, outcome.state, settings, profile.num_blocks)
         updates = [Update(reply.tensors, reply.num_samples) for reply in replies]
         if settings.robust != "none":
             outcome.state = aggregate_robust(
@@ -195,12 +215,9 @@ def run_rounds(
             )
         else:
             outcome.state = aggregate(rule, outcome.state, updates, settings.weighting)
-        trained = {reply.device_id: devices[reply.device_id] for reply in replies}
-        configs = {d: plan.configs[d] for d in trained}
-        timing = time_round(profile, configs, trained, settings.local_steps)
         outcome.clock.advance(timing)
-        for reply in replies:
-            outcome.capacity.observe(_report(profile, configs, trained, reply), profile)
+        for reply in arrived:
+            outcome.capacity.observe(_report(profile, configs, worked, reply), profile)
         record: dict[str, Any] = {
             "round": r,
             "sampled": sampled,
@@ -210,6 +227,8 @@ def run_rounds(
             "devices": [
                 _device_record(reply, devices, configs, timing, profile) for reply in replies
             ],
+            "dropped": {str(k): v for k, v in dropped.items()},
+            "round_deadline": deadline,
             "virtual_seconds": timing.seconds,
             "virtual_seconds_total": outcome.clock.now,
             "straggler": timing.straggler,
@@ -234,6 +253,22 @@ def run_rounds(
         if on_checkpoint is not None and every and (r % every == 0 or r == settings.rounds):
             on_checkpoint(Checkpoint(r, outcome.state, outcome.clock, outcome.capacity, host_total))
     return outcome
+
+
+def round_deadline(settings: RoundSettings, ctx: PlanContext, planned: RoundPlan) -> float | None:
+    """When the server stops waiting: ``federation.round_deadline``, else the planner's predicted
+    round time (from its estimates) times ``1 + deadline_slack``."""
+    if settings.round_deadline is not None:
+        return settings.round_deadline
+    predicted = [
+        ctx.round_seconds(planned.estimates[d], c) for d, c in planned.plan.configs.items()
+    ]
+    return (1 + settings.deadline_slack) * max(predicted) if predicted else None
+
+
+def _delay(reply: TrainReply) -> float:
+    """How many times slower than its profile the device ran (1.0 unless it straggled)."""
+    return float(reply.measurements.get("delay_factor", 1.0))
 
 
 def assigned_names(state: State, config: DeviceConfig, num_blocks: int) -> set[str]:
@@ -299,7 +334,7 @@ def _report(
     return Report(
         device=device.id,
         config=config,
-        step_seconds=step_seconds(profile, config, device.slowdown),
+        step_seconds=step_seconds(profile, config, device.slowdown) * _delay(reply),
         uplink=device.uplink,
         downlink=device.downlink,
         saved_bytes=reply.measurements.get("peak_saved_bytes"),

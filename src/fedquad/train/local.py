@@ -28,6 +28,7 @@ from fedquad.models.lora import (
     truncate_rank,
 )
 from fedquad.models.registry import ModelParts
+from fedquad.train.generate import PromptTestSet, evaluate_causal_lm
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import SavedBytes, SavedTensorMeter
 
@@ -192,8 +193,11 @@ def evaluate(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int) -
     """Accuracy and mean loss of the model on tokenized samples.
 
     Samples are batched by length and each batch is cut to its longest sample: right padding
-    changes nothing for the real tokens, and short reviews then cost what they are.
+    changes nothing for the real tokens, and short reviews then cost what they are. Held-out
+    prompts of a causal LM give their answer loss, perplexity and answer accuracy instead.
     """
+    if isinstance(data, PromptTestSet):
+        return evaluate_causal_lm(model, data, batch_size)
     model.eval()
     n = len(data["labels"])
     lengths = data["attention_mask"].sum(dim=1)

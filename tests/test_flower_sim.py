@@ -1,0 +1,116 @@
+"""The flower-sim executor: the same rounds on Flower's Simulation Engine as on the local one."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # read when flwr is first imported
+
+import psutil
+import pytest
+import torch
+
+import fedquad
+from fedquad.config import load_config
+from fedquad.device_config import DeviceConfig
+from fedquad.engines.flower_app import (
+    instruction_content,
+    instruction_from,
+    reply_content,
+    reply_from,
+)
+from fedquad.server.messages import TrainInstruction, TrainReply
+
+SMALL = [  # test_run's small FedLoRA run: tiny data, uniform fleet, 2 rounds of 2 of 4 devices
+    "method='fedlora'",
+    "data.max_train_samples=240",
+    "data.max_test_samples=64",
+    "model.max_length=32",
+    "federation.rounds=2",
+    "federation.num_devices=4",
+    "federation.devices_per_round=2",
+    "train.local_steps=2",
+    "train.batch_size=8",
+    "lora.depth=2",
+    "fleet.name=uniform",
+    "profile.timed_steps=1",
+]
+
+TOLERANCE = 1e-6
+"""Measured: the two engines give the same curves bit for bit (the seeds flow alike and the
+client code is the same); the tolerance only absorbs float reassociation on other hosts."""
+
+
+def _curves(metrics):
+    keys = ("test_accuracy", "test_loss", "train_loss")
+    return [[m[k] for k in keys if k in m] for m in metrics]
+
+
+def _per_device(metrics, key):
+    return [{d["device"]: d[key] for d in m["devices"]} for m in metrics]
+
+
+def _started_here(flwr_home: str) -> list[int]:
+    """Processes other than this one running with this test's FLWR_HOME: Ray's, which inherit
+    the environment (its actors are re-parented once Ray's head stops, so not our children)."""
+    pids = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            ours = process.environ().get("FLWR_HOME") == flwr_home
+            if ours and process.pid != os.getpid() and process.status() != psutil.STATUS_ZOMBIE:
+                pids.append(process.pid)
+    return pids
+
+
+def test_flower_sim_gives_the_local_curves(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    results = {}
+    for engine in ("local", "flower-sim"):
+        config = load_config(
+            None, [*SMALL, f"engine='{engine}'", f"output_dir={tmp_path}", f"run_name={engine}"]
+        )
+        results[engine] = fedquad.run(config).metrics
+    local, sim = results["local"], results["flower-sim"]
+
+    assert [m["round"] for m in sim] == [1, 2]
+    assert [m["sampled"] for m in sim] == [m["sampled"] for m in local]
+    for a, b in zip(_curves(sim), _curves(local), strict=True):
+        assert a == pytest.approx(b, rel=0, abs=TOLERANCE)
+    for a, b in zip(_per_device(sim, "loss"), _per_device(local, "loss"), strict=True):
+        assert a == pytest.approx(b, rel=0, abs=TOLERANCE)
+    for key in ("bytes_up", "bytes_down", "num_samples", "peak_saved_bytes"):
+        assert _per_device(sim, key) == _per_device(local, key)
+    assert _per_device(sim, "saved_bytes_per_block") == _per_device(local, "saved_bytes_per_block")
+
+    # Ray is shut down and every process the simulation started has exited, orphaned or not
+    import ray
+
+    assert not ray.is_initialized()
+    assert not _started_here(str(tmp_path / "flwr"))
+
+
+def test_messages_carry_instructions_and_replies_unchanged():
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a.lora_A.weight": torch.randn(4, 3, generator=g), "head.bias": torch.zeros(2)}
+    config = DeviceConfig(depth=3, quantized=1, bits=4, rank=2, blocks=(3, 5))
+    ins = TrainInstruction(device_id=7, round=2, config=config, tensors=tensors, seed=2**32 - 1)
+    back = instruction_from(instruction_content(ins))
+    assert dataclasses.replace(back, tensors={}) == dataclasses.replace(ins, tensors={})
+    assert back.tensors.keys() == tensors.keys()
+    assert all(torch.equal(back.tensors[k], v) for k, v in tensors.items())
+
+    measurements = {
+        "loss": 0.5,
+        "step_seconds": [0.1, 0.2],
+        "median_step_seconds": 0.15,
+        "peak_saved_bytes": 123,
+        "saved_bytes": {"per_block": {"-1": 3, "4": 120}, "total": 123},
+        "note": "cpu",
+    }
+    reply = TrainReply(device_id=7, tensors=tensors, num_samples=60, measurements=measurements)
+    got = reply_from(reply_content(reply))
+    assert dataclasses.replace(got, tensors={}) == dataclasses.replace(reply, tensors={})
+    assert all(torch.equal(got.tensors[k], v) for k, v in tensors.items())
