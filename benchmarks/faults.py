@@ -34,6 +34,14 @@ FAULTS = [
 ]
 
 
+def _kind(reason: str) -> str:
+    kinds = [("crashed", "crash"), ("deadline", "late"), ("NaN", "NaN"), ("norm", "norm")]
+    for word, kind in kinds:
+        if word in reason:
+            return kind
+    return "other"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -53,7 +61,7 @@ def main() -> None:
         rejected = [v for r in m for v in r.get("rejected", {}).values()]
         sat_out = sum(len(r["sat_out"]) for r in m)
         assert trained + len(dropped) + len(rejected) + sat_out == sampled  # all accounted for
-        kinds = Counter(reason.split(":")[0].split(" (")[0] for reason in dropped + rejected)
+        kinds = Counter(_kind(reason) for reason in dropped + rejected)
         print(
             f"{label:12} {result.summary['final_accuracy']:9.4f} {trained:8} {len(dropped):8} "
             f"{len(rejected):9} {dict(kinds)}"
