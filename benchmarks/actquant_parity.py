@@ -31,8 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = tempfile.mkdtemp(prefix="fedquad-parity-")
-    # Every device trains in every variant: the uniform fleet has memory for any config.
-    base = ["fleet.name=uniform", *args.overrides, f"output_dir={out}"]
+    # FedLoRA on the uniform fleet: every device trains every block, in every variant.
+    base = ["method='fedlora'", "fleet.name=uniform", *args.overrides, f"output_dir={out}"]
     blocks = load_config(args.config, base).lora.depth or 10**6  # q is capped at each depth
     final: dict[str, list[float]] = {label: [] for label in VARIANTS}
     print(f"{'seed':>4} {'run':22} {'final acc':>9} {'best acc':>9} {'Δ final':>8} {'host s':>7}")
