@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--quiet", action="store_true", help="no progress output")
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
+    from fedquad import deploy
+
+    deploy.add_parser(sub)
     return parser
 
 
@@ -200,6 +203,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _profile(args, fleet=args.fleet)
     if args.command == "plan":
         return _profile(args)
+    if args.command == "deploy":
+        from fedquad import deploy
+
+        return deploy.main(args)
     if args.command == "config":
         from fedquad.config import load_config
 

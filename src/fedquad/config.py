@@ -31,7 +31,7 @@ METHODS = (
 DEADLINES = ("anchored", "search")
 ROBUST_CHOICES = ("none", "median", "trimmed-mean")
 RANK_DISTRIBUTIONS = ("halving", "uniform", "linear")
-ENGINES = ("local", "flower-sim")
+ENGINES = ("local", "flower-sim", "flower")
 PARTITIONS = ("iid", "dirichlet", "shards")
 OPTIMIZERS = ("adamw", "sgd")
 WEIGHTINGS = ("samples", "uniform")
@@ -205,6 +205,27 @@ class ProfileConfig:
 
 
 @dataclass
+class FlowerConfig:
+    """The Flower Deployment Engine (``engine = "flower"``): the SuperLink to run on."""
+
+    superlink: str = "127.0.0.1:8000"
+    """The SuperLink's address as host:port (its Control, Fleet and Runtime APIs share it)."""
+    root_certificates: str | None = None
+    """PEM file of the CA that signed the SuperLink's certificate (``ca.crt`` of ``fedquad
+    deploy certs``); unset: the system's trusted CAs."""
+    secret_file: str | None = None
+    """The file the SuperLink was started with as ``--superexec-auth-secret-file``
+    (``serverapp.secret`` of ``fedquad deploy certs``): it lets this run take its ServerApp task."""
+    insecure: bool = False
+    """No TLS: everything, model updates included, travels in clear text (a warning says so)."""
+    nodes_timeout: float = 300.0
+    """Seconds to wait for one SuperNode per device to connect."""
+    reply_timeout: float | None = None
+    """Seconds to wait for a round's replies; a device that has not replied by then is left
+    out of the round (default: wait for every device)."""
+
+
+@dataclass
 class ExperimentConfig:
     method: str = "fedquad"
     engine: str = "local"
@@ -224,6 +245,7 @@ class ExperimentConfig:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))
@@ -286,6 +308,7 @@ class ExperimentConfig:
             raise FedquadError(
                 f"faults probabilities {probabilities}: use numbers in [0, 1] summing to <= 1"
             )
+        _check_flower(self.flower)
         if not fc.delay_factor >= 1:
             raise FedquadError(f"faults.delay_factor = {fc.delay_factor!r}: use a number >= 1")
         if self.federation.checkpoint_every < 0:
@@ -372,6 +395,21 @@ class ExperimentConfig:
                 f"federation.num_devices = {self.federation.num_devices}"
             )
         return self
+
+
+def _check_flower(fl: FlowerConfig) -> None:
+    host, sep, port = fl.superlink.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FedquadError(
+            f"flower.superlink = {fl.superlink!r}: write it as host:port, e.g. 127.0.0.1:8000"
+        )
+    if fl.insecure and fl.root_certificates is not None:
+        raise FedquadError(
+            "flower.insecure = true turns TLS off: leave flower.root_certificates unset"
+        )
+    for key, seconds in [("nodes_timeout", fl.nodes_timeout), ("reply_timeout", fl.reply_timeout)]:
+        if seconds is not None and not seconds > 0:
+            raise FedquadError(f"flower.{key} = {seconds!r}: use a number of seconds > 0")
 
 
 def _drop_none(value: Any) -> Any:

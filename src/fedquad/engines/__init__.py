@@ -31,4 +31,8 @@ def execute(bench: Workbench, body: Callable[[Executor], T]) -> T:
         from fedquad.engines.flower_sim import run_on_simulation
 
         return run_on_simulation(bench, local.evaluate, body)
+    if config.engine == "flower":
+        from fedquad.engines.flower_deploy import run_on_deployment
+
+        return run_on_deployment(bench, local.evaluate, body)
     return body(local)

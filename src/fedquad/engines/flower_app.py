@@ -190,7 +190,7 @@ def node_device(context: Context, num_devices: int) -> int:
     return device
 
 
-def _query(config_toml: str, context: Context) -> RecordDict:
+def query_content(config_toml: str, context: Context) -> RecordDict:
     bench = workload(config_toml)
     device = node_device(context, len(bench.device_data))
     samples = len(bench.device_data[device]["labels"])
@@ -198,13 +198,18 @@ def _query(config_toml: str, context: Context) -> RecordDict:
 
 
 def _train(config_toml: str, content: RecordDict, context: Context) -> RecordDict:
+    return reply_content(train_reply(config_toml, content, context))
+
+
+def train_reply(config_toml: str, content: RecordDict, context: Context) -> TrainReply:
+    """Train the node's device on a ``train`` message's instruction."""
     bench = workload(config_toml)
     device = node_device(context, len(bench.device_data))
     ins = instruction_from(content)
     if ins.device_id != device:
         raise FedquadError(f"the node of device {device} received device {ins.device_id}'s work")
     config = bench.config
-    reply = train_device(
+    return train_device(
         bench.model,
         bench.parts,
         bench.structure,
@@ -213,10 +218,9 @@ def _train(config_toml: str, content: RecordDict, context: Context) -> RecordDic
         config.train,
         config.quant,
     )
-    return reply_content(reply)
 
 
-def _answer(message: Message, work: Callable[[], RecordDict]) -> Message:
+def answer(message: Message, work: Callable[[], RecordDict]) -> Message:
     """The reply to ``message``; a user error is replied as its one-line reason (anything else
     raises, and Flower replies with the traceback)."""
     try:
@@ -231,10 +235,10 @@ def make_client_app(config_toml: str) -> ClientApp:
 
     @app.query()
     def query(message: Message, context: Context) -> Message:
-        return _answer(message, lambda: _query(config_toml, context))
+        return answer(message, lambda: query_content(config_toml, context))
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        return _answer(message, lambda: _train(config_toml, message.content, context))
+        return answer(message, lambda: _train(config_toml, message.content, context))
 
     return app

@@ -373,12 +373,15 @@ def _device_record(
 
 
 def _device_measurements(measurements: dict[str, Any]) -> dict[str, Any]:
-    keep = ("loss", "median_step_seconds", "peak_saved_bytes")
+    # sent/received_bytes: counted by a Flower executor; node: measured by a deployed device
+    keep = ("loss", "median_step_seconds", "peak_saved_bytes", "sent_bytes", "received_bytes")
     out = {k: measurements[k] for k in keep if k in measurements}
     if "step_seconds" in measurements:
         out["host_seconds"] = float(sum(measurements["step_seconds"]))
     if "saved_bytes" in measurements:
         out["saved_bytes_per_block"] = measurements["saved_bytes"]["per_block"]
+    if "node" in measurements:
+        out["node"] = measurements["node"]
     return out
 
 

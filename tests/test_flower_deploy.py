@@ -1,0 +1,417 @@
+"""The flower executor: a SuperLink and SuperNodes as separate processes on loopback, with TLS
+and node authentication, running the same rounds as the local executor."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # read when flwr is first imported
+
+import psutil
+import pytest
+import torch
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from safetensors.torch import load_file
+
+import fedquad
+from fedquad.cli import main
+from fedquad.config import FlowerConfig, load_config
+from fedquad.cost.model import CostProfile, download_bytes, upload_bytes
+from fedquad.deploy import (
+    CA_CERT,
+    SECRET,
+    SERVER_CERT,
+    flower_env,
+    make_certificates,
+    make_node_key,
+    superlink_command,
+    supernode_command,
+)
+from fedquad.device_config import DeviceConfig
+from fedquad.errors import FedquadError
+from fedquad.report.results import read_metrics
+
+TINY = [  # test_run's small run on the default (heterogeneous) fleet, 3 devices all sampled
+    "method='fedquad'",
+    "data.max_train_samples=240",
+    "data.max_test_samples=64",
+    "model.max_length=64",
+    "federation.rounds=2",
+    "federation.num_devices=3",
+    "federation.devices_per_round=3",
+    "train.local_steps=1",
+    "train.batch_size=16",
+    "lora.depth=2",
+    "profile.timed_steps=1",
+]
+REFUSED_WITHIN = 60.0
+"""Seconds a refused SuperNode may take to give up (measured: about 5)."""
+
+
+class Processes:
+    """Flower processes started by a test, each in its own session, stopped by pid."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        home = self.root / name
+        home.mkdir(parents=True, exist_ok=True)
+        with (self.root / f"{name}.log").open("wb") as log:
+            process = subprocess.Popen(
+                argv,
+                env=flower_env(home),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its group: the SuperNode's SuperExec and ClientApps
+            )
+        self.started.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM each started process's group, SIGKILL what is left after 10 s."""
+        for process in self.started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        _, alive = psutil.wait_procs(self.survivors(), timeout=10)
+        assert not alive, f"still running: {alive}"
+
+    def survivors(self) -> list[psutil.Process]:
+        """Processes running with a FLWR_HOME under this test's directory (orphans too)."""
+        found = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                home = process.environ().get("FLWR_HOME", "")
+                if home.startswith(str(self.root)) and process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(process)
+        return found
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started = Processes(tmp_path / "flower")
+    started.root.mkdir()
+    yield started
+    started.stop()
+    assert not started.survivors()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_superlink(processes: Processes, certs: Path) -> str:
+    """A SuperLink with TLS and node authentication; its address once it accepts connections."""
+    address = f"127.0.0.1:{free_port()}"
+    link = processes.start("superlink", superlink_command(certs, address))
+    deadline = time.monotonic() + 60
+    while "Application startup complete" not in processes.log("superlink"):
+        assert link.poll() is None, processes.log("superlink")
+        assert time.monotonic() < deadline, processes.log("superlink")
+        time.sleep(0.2)
+    return address
+
+
+def start_supernode(
+    processes: Processes,
+    name: str,
+    device: int,
+    address: str,
+    ca: Path,
+    key: Path,
+    sign: bool = True,
+) -> subprocess.Popen[bytes]:
+    argv = supernode_command(
+        device, address, root_certificates=ca, key=key, runtime_port=free_port()
+    )
+    if not sign:  # no key given: the SuperNode signs with a key of its own making
+        at = argv.index("--auth-supernode-private-key")
+        del argv[at : at + 2]
+    return processes.start(name, [*argv, "--max-retries", "1"])
+
+
+def register(address: str, ca: Path, keys: list[Path]) -> None:
+    status = main(
+        ["deploy", "register", *map(str, keys), "--superlink", address]
+        + ["--root-certificates", str(ca)]
+    )
+    assert status == 0
+
+
+def wait_exit(process: subprocess.Popen[bytes], seconds: float) -> int | None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return process.wait(seconds)
+    return None
+
+
+# --------------------------------------------------------------------------- pieces (fast)
+
+
+def test_certificates_chain_to_the_ca_and_name_the_hosts(tmp_path):
+    paths = make_certificates(tmp_path, ["127.0.0.1", "localhost", "link.example.org"])
+    ca = x509.load_pem_x509_certificate(paths[CA_CERT].read_bytes())
+    server = x509.load_pem_x509_certificate(paths[SERVER_CERT].read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "link.example.org"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for private in ("ca.key", "server.key", "serverapp.secret"):
+        assert oct(paths[private].stat().st_mode & 0o777) == "0o600"
+
+
+def test_node_keys_are_nist_ec_keys_in_openssh_format(tmp_path):
+    private, public = make_node_key(tmp_path / "keys" / "supernode-0.key")
+    key = load_ssh_private_key(private.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.curve.name == "secp384r1"
+    assert load_ssh_public_key(public.read_bytes()) == key.public_key()
+
+
+def test_flower_settings_are_checked_with_one_line_errors():
+    config = load_config(None, ["engine='flower'"])
+    assert config.flower == FlowerConfig()
+    for bad in [
+        "flower.superlink='127.0.0.1'",
+        "flower.superlink='127.0.0.1:99999'",
+        "flower.nodes_timeout=0",
+        "flower.reply_timeout=-1",
+    ]:
+        with pytest.raises(FedquadError, match=r"^flower\.") as err:
+            load_config(None, ["engine='flower'", bad])
+        assert "\n" not in str(err.value)
+    with pytest.raises(FedquadError, match="turns TLS off"):
+        load_config(None, ["flower.insecure=true", "flower.root_certificates='ca.crt'"])
+
+
+def test_tls_and_node_authentication_are_on_unless_insecure(tmp_path):
+    certs = tmp_path / "certs"
+    make_certificates(certs)
+    key, _ = make_node_key(certs / "supernode-1.key")
+    link = superlink_command(certs, "127.0.0.1:9000")
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
+        assert flag in link
+    assert "--enable-supernode-auth" in link and "--insecure" not in link
+    assert link[link.index("--isolation") + 1] == "process"  # fedquad run is the ServerApp
+    assert link[link.index("--superexec-auth-secret-file") + 1] == str(certs / SECRET)
+    node = supernode_command(1, "127.0.0.1:9000", root_certificates=certs / CA_CERT, key=key)
+    assert node[node.index("--node-config") + 1] == "partition-id=1"
+    assert "--auth-supernode-private-key" in node and "--insecure" not in node
+
+    insecure = superlink_command(None, "127.0.0.1:9000", insecure=True)
+    assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
+    with pytest.raises(FedquadError, match="--certs DIR"):
+        superlink_command(None)
+    with pytest.raises(FedquadError, match="--key FILE"):
+        supernode_command(1, root_certificates=certs / CA_CERT, key=None)
+
+
+def test_insecure_says_so(tmp_path, capsys):
+    assert main(["deploy", "superlink", "--insecure", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "without TLS" in err and "--insecure" in err
+
+    from fedquad.engines.flower_deploy import superlink_of
+
+    superlink_of(FlowerConfig(insecure=True))
+    assert "warning: fedquad run talks to the SuperLink without TLS" in capsys.readouterr().err
+    with pytest.raises(FedquadError, match="cannot be read"):
+        superlink_of(FlowerConfig(root_certificates=str(tmp_path / "none.crt")))
+
+
+def test_deploy_certs_command_writes_the_ca_server_and_node_keys(tmp_path, capsys):
+    assert main(["deploy", "certs", str(tmp_path), "--nodes", "2"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(
+        ["ca.crt", "ca.key", "server.pem", "server.key", "serverapp.secret"]
+        + [f"supernode-{i}.key{ext}" for i in range(2) for ext in ("", ".pub")]
+    )
+    assert main(["deploy", "certs", str(tmp_path), "--host", "no/such host"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+class FakeGrid:
+    """A Grid whose nodes 10, 11, 12 are devices 0, 1, 2; ``silent`` devices never reply."""
+
+    def __init__(self, silent: set[int]) -> None:
+        self.silent = silent
+
+    def get_node_ids(self) -> list[int]:
+        return [10, 11, 12]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        from fedquad.engines.flower_app import instruction_from, reply_content
+        from fedquad.server.messages import TrainReply
+
+        for message in messages:
+            device = message.metadata.dst_node_id - 10
+            if message.metadata.message_type == "query":
+                info = {"device_id": device, "num_samples": 5 + device}
+                content = RecordDict({"device": ConfigRecord(info)})
+            elif device in self.silent:
+                continue
+            else:  # trains the first row of everything it got
+                ins = instruction_from(message.content)
+                trained = {name: t[:1] for name, t in ins.tensors.items()}
+                content = reply_content(TrainReply(device, trained, 5 + device))
+            reply = Message(content, reply_to=message)
+            reply.metadata.__dict__["_src_node_id"] = message.metadata.dst_node_id
+            yield reply
+
+
+def test_grid_executor_counts_bytes_and_leaves_out_who_does_not_reply(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedquad.engines.flower_grid import GridExecutor
+    from fedquad.server.messages import TrainInstruction
+
+    for key in ("_task_id", "_run_id", "_node_id"):  # what a served run sets
+        monkeypatch.setattr(TaskIdentity, key, 1)
+    executor = GridExecutor(FakeGrid(silent={1}), 3, lambda state: {}, reply_timeout=0.5)
+    assert executor.nodes == {0: 10, 1: 11, 2: 12} and executor.device_samples() == [5, 6, 7]
+    tensors = {"lora_A": torch.zeros(4, 3), "head.bias": torch.zeros(2, dtype=torch.float16)}
+    config = DeviceConfig(depth=1)
+    instructions = [TrainInstruction(d, 1, config, tensors, seed=d) for d in (2, 1, 0)]
+    replies = executor.train(instructions)
+    assert [r.device_id for r in replies] == [2, 1, 0]
+    for reply in (replies[0], replies[2]):
+        assert reply.error is None
+        assert reply.measurements["sent_bytes"] == 4 * 3 * 4 + 2 * 2
+        assert reply.measurements["received_bytes"] == 3 * 4 + 1 * 2
+    assert replies[1].error == "no reply within flower.reply_timeout = 0.5 s"
+
+
+def test_unauthenticated_supernodes_are_refused(tmp_path, processes):
+    """Only a SuperNode whose key was registered gets in: one with an unknown key, one with
+    none, and one trusting another CA (a SuperLink it cannot verify) are refused."""
+    certs, other = tmp_path / "certs", tmp_path / "other-ca"
+    make_certificates(certs)
+    make_certificates(other)
+    keys = [make_node_key(certs / f"supernode-{i}.key")[0] for i in range(3)]
+    address = start_superlink(processes, certs)
+    register(address, certs / CA_CERT, [keys[0].with_name(keys[0].name + ".pub")])
+
+    admitted = start_supernode(processes, "admitted", 0, address, certs / CA_CERT, keys[0])
+    refused = {
+        "unknown-key": start_supernode(
+            processes, "unknown-key", 1, address, certs / CA_CERT, keys[1]
+        ),
+        "no-key": start_supernode(
+            processes, "no-key", 2, address, certs / CA_CERT, keys[2], sign=False
+        ),
+        "other-ca": start_supernode(processes, "other-ca", 0, address, other / CA_CERT, keys[0]),
+    }
+    for name, process in refused.items():
+        assert wait_exit(process, REFUSED_WITHIN) not in (None, 0), processes.log(name)
+        assert "could not establish a connection to the SuperLink" in processes.log(name)
+    assert "Failed to activate SuperNode" in processes.log("unknown-key")
+    assert "All SuperNodes must be registered" in processes.log("no-key")
+    assert "CERTIFICATE_VERIFY_FAILED" in processes.log("other-ca")
+    assert admitted.poll() is None  # still connected
+    link_log = processes.log("superlink")
+    assert link_log.count("[Fleet.ActivateNode] Activated") == 1
+
+    # only a holder of the SuperLink's ServerApp secret may serve a run (and so drive the nodes)
+    from fedquad.engines.flower_deploy import SuperLink, _acquire
+
+    for secret in (None, b"a guess"):
+        with pytest.raises(FedquadError, match="flower.secret_file"):
+            _acquire(SuperLink(address, insecure=False, ca_path=certs / CA_CERT, secret=secret), 1)
+
+
+# --------------------------------------------------------------------------- a whole run (slow)
+
+TOLERANCE = 1e-6
+"""Measured: the deployment gives the local executor's curves and adapter bit for bit (the same
+seeds, data and client code); the tolerance only absorbs float reassociation on other hosts."""
+
+
+def _device_config(d: dict) -> DeviceConfig:
+    blocks = tuple(d["blocks"]) if "blocks" in d else None
+    return DeviceConfig(d["depth"], d["quantized"], d["bits"], rank=d.get("rank"), blocks=blocks)
+
+
+@pytest.mark.slow
+def test_two_rounds_on_a_deployment_with_tls_and_node_auth(tmp_path, processes):
+    certs = tmp_path / "certs"
+    assert main(["deploy", "certs", str(certs), "--nodes", "3"]) == 0
+    ca = certs / CA_CERT
+    address = start_superlink(processes, certs)
+    register(address, ca, [certs / f"supernode-{d}.key.pub" for d in range(3)])
+    nodes = [
+        start_supernode(processes, f"node-{d}", d, address, ca, certs / f"supernode-{d}.key")
+        for d in range(3)
+    ]
+
+    run = [*TINY, f"output_dir={tmp_path / 'runs'}"]
+    flower = [
+        "engine='flower'",
+        f"flower.superlink='{address}'",
+        f"flower.root_certificates='{ca}'",
+        f"flower.secret_file='{certs / SECRET}'",
+        "flower.nodes_timeout=120",
+    ]
+    deployed = fedquad.run(load_config(None, [*run, *flower, "run_name=flower"]))
+    assert all(node.poll() is None for node in nodes)
+    local = fedquad.run(load_config(None, [*run, "run_name=local"]))
+
+    metrics = read_metrics(deployed.run_dir)
+    assert [m["round"] for m in metrics] == [1, 2]
+    assert all(len(m["devices"]) == 3 and not m["dropped"] for m in metrics)
+    configs = {_device_config(d) for m in metrics for d in m["devices"]}
+    assert len(configs) > 1  # the fleet's tiers get different configs
+
+    # the aggregated adapter and the curves are the local executor's
+    ours, theirs = (
+        load_file(r.run_dir / "adapter" / "adapter_model.safetensors") for r in (deployed, local)
+    )
+    assert ours.keys() == theirs.keys()
+    for name, tensor in ours.items():
+        assert torch.allclose(tensor, theirs[name], rtol=0, atol=TOLERANCE), name
+    for m, n in zip(metrics, local.metrics, strict=True):
+        assert m["test_loss"] == pytest.approx(n["test_loss"], rel=0, abs=TOLERANCE)
+        assert [d["loss"] for d in m["devices"]] == pytest.approx(
+            [d["loss"] for d in n["devices"]], rel=0, abs=TOLERANCE
+        )
+
+    # each node measured itself, in its own process; the bytes are the cost model's
+    profile = CostProfile.from_dict(
+        json.loads((deployed.run_dir / "cost_profile.json").read_text())
+    )
+    for m in metrics:
+        pids = set()
+        for d in m["devices"]:
+            node = d["node"]
+            pids.add(node["pid"])
+            assert node["host"] == socket.gethostname()
+            assert node["peak_rss_bytes"] > 100 * 2**20  # a process holding the model
+            assert node["train_seconds"] > 0 and node["setup_seconds"] >= 0
+            assert node["cpu_seconds"] > 0 and d["host_seconds"] > 0
+            config = _device_config(d)
+            assert d["sent_bytes"] == d["bytes_down"] == download_bytes(profile, config)
+            assert d["received_bytes"] == d["bytes_up"] == upload_bytes(profile, config)
+        assert len(pids) == 3 and os.getpid() not in pids
