@@ -38,6 +38,7 @@ class RoundProgress:
             parts = [f"round {record['round']:>3}"]
             if "test_accuracy" in record:
                 parts.append(f"accuracy {record['test_accuracy']:.4f}")
+            if "test_loss" in record:  # a causal LM on unlabelled data has a loss only
                 parts.append(f"test loss {record['test_loss']:.4f}")
             if "train_loss" in record:
                 parts.append(f"train loss {record['train_loss']:.4f}")
