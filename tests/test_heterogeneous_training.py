@@ -8,6 +8,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from conftest import make_batch
 from fedquad.config import TrainConfig
+from fedquad.cost.model import CostProfile, download_bytes
+from fedquad.cost.profiler import _param_counts
 from fedquad.errors import FedquadError
 from fedquad.models.lora import (
     block_of,
@@ -17,6 +19,7 @@ from fedquad.models.lora import (
     span_param_names,
     truncate_rank,
 )
+from fedquad.server.rounds import device_tensors, tensor_bytes
 from fedquad.train.local import DeviceConfig, prepared, train_local
 from fedquad.train.saved_tensors import HEAD, SavedTensorMeter
 
@@ -223,3 +226,45 @@ def test_bad_rank_is_a_clear_error(minilm_lora):
         _train(model, parts, structure, DeviceConfig(depth=2, rank=0))
     assert not _changed(before, get_state(model))
     assert flags == [p.requires_grad for p in model.parameters()]  # checked before any change
+
+
+@pytest.mark.parametrize(("depth", "rank"), [(6, 4), (6, 1), (3, 2), (6, None), (2, 16)], ids=str)
+def test_a_device_is_sent_its_trained_lora_at_its_rank_as_the_cost_model_counts(
+    trained_like, depth, rank
+):
+    model, parts, structure = trained_like
+    state = get_state(model)
+    lora, head = _param_counts(model, parts, parts.num_blocks)
+    profile = CostProfile(
+        num_blocks=parts.num_blocks,
+        frozen_weight_bytes=0,
+        lora_params=lora,
+        head_params=head,
+        lora_ranks=tuple(structure.rank_of(b) for b in range(parts.num_blocks)),
+        saved_bytes=(0,) * parts.num_blocks,
+        saved_bytes_bottom=(0,) * parts.num_blocks,
+        quant_ratio={},
+        head_saved_bytes=0,
+        f=0.0,
+        g=0.0,
+        o=0.0,
+        c=0.0,
+    )
+    config = DeviceConfig(depth=depth, rank=rank)
+    sent = device_tensors(state, config, parts.num_blocks)
+    assert tensor_bytes(sent) == download_bytes(profile, config)
+    trained = set(span_param_names(model, parts, structure.trained(depth)))
+    for name, tensor in sent.items():  # trained LoRA cut to the rank, the rest whole
+        cut = name in trained and rank is not None and ".lora_" in name
+        assert torch.equal(tensor, _first(name, state[name], rank) if cut else state[name])
+
+    # the device loads the cut tensors into full-rank parameters, zero beyond the rank
+    load_state(model, {n: torch.ones_like(t) for n, t in state.items()})
+    load_state(model, sent)
+    params = dict(model.named_parameters())
+    for name in trained:
+        if rank is not None and ".lora_" in name and _rank_axis_size(name, state[name]) > rank:
+            assert torch.equal(_first(name, params[name], rank), _first(name, state[name], rank))
+            assert not _rest(name, params[name], rank).any()
+        else:
+            assert torch.equal(params[name], state[name])

@@ -306,9 +306,13 @@ def upload_bytes(profile: CostProfile, config: DeviceConfig | int) -> int:
 
 def download_bytes(profile: CostProfile, config: DeviceConfig | None = None) -> int:
     """``down = 4·(Σ_l P_l + P_head)``: every device receives the whole global LoRA (frozen
-    blocks below its cut run in its forward) and the head; at its rank when it has one."""
+    blocks below its cut run in its forward) and the head; the blocks it trains at its rank
+    when it has one."""
     rank = None if config is None else config.rank
-    lora = sum(_params(profile, b, rank) for b in range(profile.num_blocks))
+    trained = set() if config is None or rank is None else _config_sets(profile, config)[1]
+    lora = sum(
+        _params(profile, b, rank if b in trained else None) for b in range(profile.num_blocks)
+    )
     return FP32_BYTES * (lora + profile.head_params)
 
 

@@ -172,11 +172,20 @@ def get_state(model: nn.Module, names: list[str] | None = None) -> State:
 
 
 def load_state(model: nn.Module, state: State) -> None:
-    """Copy tensors into the model's parameters in place (the base model stays shared)."""
+    """Copy tensors into the model's parameters in place (the base model stays shared).
+
+    A LoRA tensor cut to a device's rank (see :func:`rank_slice`) fills the first components of
+    its parameter and zeroes the rest, as the device trains that truncation anyway.
+    """
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state.items():
-            params[name].copy_(value)
+            target: torch.Tensor = params[name]
+            axis = rank_axis(name)
+            if axis is not None and value.shape != target.shape:
+                target.zero_()
+                target = target.narrow(axis, 0, value.shape[axis])
+            target.copy_(value)
 
 
 def span_param_names(model: nn.Module, parts: ModelParts, blocks: Collection[int]) -> list[str]:

@@ -24,7 +24,7 @@ from fedquad.cost.fleet import Device, FleetSpec, devices_for_round, sample_avai
 from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
-from fedquad.models.lora import State
+from fedquad.models.lora import State, rank_slice
 from fedquad.planners import Plan, PlanContext, method, plan_round
 from fedquad.server.capacity import CapacityEstimator, Report
 from fedquad.server.checkpoint import Checkpoint
@@ -187,7 +187,7 @@ def run_rounds(
                 device_id=d,
                 round=r,
                 config=cfg,
-                tensors=outcome.state,
+                tensors=device_tensors(outcome.state, cfg, profile.num_blocks),
                 seed=device_seed(settings.seed, r, d),
                 fault=fault_of(settings.faults, settings.seed, r, d),
                 delay_factor=settings.faults.delay_factor,
@@ -281,6 +281,16 @@ def assigned_names(state: State, config: DeviceConfig, num_blocks: int) -> set[s
         if not blocks or blocks[0] in trained:
             names.add(name)
     return names
+
+
+def device_tensors(state: State, config: DeviceConfig, num_blocks: int) -> State:
+    """What the server sends a device: the whole global state (frozen LoRA below its cut runs in
+    its forward), with the LoRA it trains cut to its rank when it has one — the rest it would
+    zero anyway, and ``download_bytes`` counts exactly this."""
+    if config.rank is None:
+        return state
+    trained = assigned_names(state, config, num_blocks)
+    return {n: rank_slice(n, t, config.rank) if n in trained else t for n, t in state.items()}
 
 
 def _accepted(
