@@ -4,7 +4,7 @@ seed, same rounds). Prints final and best test accuracy of each and the differen
 seed and averaged over the seeds (stochastic rounding changes the trajectory, so one seed's
 difference is partly seed noise).
 
-    .venv/bin/python benchmarks/actquant_parity.py [--seeds 0,1,2] [--set key=value ...]
+    .venv/bin/python benchmarks/actquant_parity.py [--seeds 0,1,2] [--config FILE] [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from pathlib import Path
 
 import fedquad
 from fedquad.config import load_config
+
+QUICKSTART = Path(__file__).parents[1] / "presets" / "quickstart.toml"
 
 VARIANTS = {
     "unquantized": ["quant.blocks=0"],
@@ -25,7 +28,7 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config")
+    parser.add_argument("--config", default=str(QUICKSTART), help="default: the make-run preset")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
