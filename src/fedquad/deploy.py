@@ -13,6 +13,7 @@ Torch-free: the ``fedquad deploy`` commands start quickly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -377,6 +378,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     node.add_argument("--device", type=int, required=True, help="the device id it is")
     node.add_argument("--key", type=Path, help="its private key (fedquad deploy node-key)")
     node.add_argument("--runtime-port", type=int, help=f"local port (default {RUNTIME_PORT}+N)")
+    local = cmds.add_parser(
+        "loopback", help="a SuperLink and N SuperNodes on this machine (TLS, auth) until Ctrl-C"
+    )
+    local.add_argument("--nodes", type=int, required=True, help="how many devices")
+    local.add_argument(
+        "--dir", type=Path, default=Path("loopback"), help="certificates, Flower homes and logs"
+    )
     for parser in (register, node):
         parser.add_argument("--superlink", default=DEFAULT_SUPERLINK, help="its host:port")
         parser.add_argument(
@@ -396,6 +404,8 @@ def main(args: argparse.Namespace) -> int:
     command = args.deploy_command
     if command == "certs":
         return _certs(args.dir, args.hosts or list(DEFAULT_HOSTS), args.nodes)
+    if command == "loopback":
+        return _loopback(args.dir, args.nodes)
     if command == "node-key":
         private, public = make_node_key(args.file)
         print(f"private key {private} (stays on the device), public key {public} (to register)")
@@ -438,6 +448,26 @@ def _certs(directory: Path, hosts: list[str], nodes: int) -> int:
     print(f"ServerApp secret {paths[SECRET]} (for the SuperLink and fedquad run only)")
     if nodes:
         print(f"SuperNode keys {node_key_path(directory, 0)} ... (register the .pub files)")
+    return 0
+
+
+def _loopback(directory: Path, nodes: int) -> int:
+    import signal
+    import threading
+
+    from fedquad.loopback import loopback
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with loopback(_directory(directory), nodes) as running:
+        sets = " ".join(f"--set {shlex.quote(s)}" for s in running.run_settings())
+        print(f"SuperLink at {running.address}, {nodes} SuperNodes; logs in {directory}/flower")
+        print(f"run on it: fedquad run --config FILE --set federation.num_devices={nodes} {sets}")
+        print("Ctrl-C stops every process", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(1.0):
+                if any(node.poll() is not None for node in running.nodes):
+                    raise FedquadError(f"a SuperNode exited: see {directory}/flower/node-*.log")
     return 0
 
 
