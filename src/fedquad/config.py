@@ -28,7 +28,7 @@ METHODS = (
     "fedra",
     "fedquad-noquant",
 )
-DEADLINES = ("anchored", "search")
+DEADLINES = ("anchored", "search", "adaptive")
 ROBUST_CHOICES = ("none", "median", "trimmed-mean")
 RANK_DISTRIBUTIONS = ("halving", "uniform", "linear")
 ENGINES = ("local", "flower-sim", "flower")
@@ -168,7 +168,11 @@ class PlannerConfig:
     epsilon: float = 0.05
     """Deadline slack: ``T* = (1 + ε)·max_i T_i(cheapest)`` (fedquad, legend, joint)."""
     deadline: str = "anchored"
-    """``anchored`` (straggler-anchored greedy) or ``search`` (best progress per second)."""
+    """``anchored`` (straggler-anchored greedy), ``search`` (best progress per second, waiting
+    longer than the straggler) or ``adaptive`` (``search`` that may also leave the slowest
+    devices out of the round)."""
+    min_participation: float = 0.5
+    """The least fraction of the devices able to train that ``deadline = adaptive`` keeps."""
     progress_lambda: float = 0.25
     """``λ``: the progress cost of one quantized block in ``deadline = search``."""
     block_weights: list[float] | None = None
@@ -268,6 +272,10 @@ class ExperimentConfig:
         pc = self.planner
         if not pc.epsilon >= 0:
             raise FedquadError(f"planner.epsilon = {pc.epsilon!r}: use a number >= 0")
+        if not 0 < pc.min_participation <= 1:
+            raise FedquadError(
+                f"planner.min_participation = {pc.min_participation!r}: use a fraction in (0, 1]"
+            )
         if not pc.progress_lambda >= 0:
             raise FedquadError(
                 f"planner.progress_lambda = {pc.progress_lambda!r}: use a number >= 0"

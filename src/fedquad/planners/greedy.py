@@ -6,6 +6,7 @@ LEGEND's depth choice (§4.2) is the same with ``q ≡ 0``.
 from __future__ import annotations
 
 import heapq
+import math
 
 from fedquad.cost.fleet import Device
 from fedquad.device_config import DeviceConfig
@@ -50,14 +51,26 @@ def plan_greedy(devices: list[Device], ctx: PlanContext, quantize: bool) -> Plan
         times[device.id] = [ctx.round_seconds(device, c) for c in found]
     if not options:
         return plan
-    anchor = (1 + ctx.options.epsilon) * max(t[0] for t in times.values())
-    if ctx.options.deadline == "search":
-        levels, deadline = _search(options, times, anchor, ctx)
+    if ctx.options.deadline == "adaptive":
+        levels, deadline = _adaptive(options, times, ctx)
+        for i in sorted(set(options) - set(levels)):
+            plan.sat_out[i] = (
+                f"left out by the adaptive deadline: its quickest round {times[i][0]:.1f} s "
+                f"is past {deadline:.1f} s"
+            )
+    elif ctx.options.deadline == "search":
+        levels, deadline, _ = _search(options, times, _anchor(times, ctx), ctx)
     else:
-        levels, deadline = _anchored(times, anchor), anchor
-    plan.configs = {i: options[i][levels[i]] for i in sorted(options)}
+        deadline = _anchor(times, ctx)
+        levels = _anchored(times, deadline)
+    plan.configs = {i: options[i][levels[i]] for i in sorted(levels)}
     plan.deadline = deadline
     return plan
+
+
+def _anchor(times: dict[int, list[float]], ctx: PlanContext) -> float:
+    """``T* = (1+ε)·max_i T_i(cheapest)``."""
+    return (1 + ctx.options.epsilon) * max(t[0] for t in times.values())
 
 
 def _anchored(times: dict[int, list[float]], deadline: float) -> dict[int, int]:
@@ -93,9 +106,10 @@ def _search(
     times: dict[int, list[float]],
     anchor: float,
     ctx: PlanContext,
-) -> tuple[dict[int, int], float]:
+) -> tuple[dict[int, int], float, float]:
     """``deadline = search`` (ours): try the anchored deadline and every option time above it,
-    keep the one with the best ``progress / T``. One sweep over the options sorted by time."""
+    keep the one with the best ``progress / T``. One sweep over the options sorted by time.
+    Returns the levels, the deadline and its ``progress / T``."""
     levels = _anchored(times, anchor)
     samples = {i: ctx.num_samples.get(i, 1) for i in options}
     value = {i: [_progress(c, samples[i], ctx) for c in options[i]] for i in options}
@@ -113,4 +127,42 @@ def _search(
         score = (progress / t, -t)
         if score > best[:2]:
             best = (*score, dict(levels), t)
+    return best[2], best[3], best[0]
+
+
+ADAPTIVE_CUTS = 8
+"""At most this many ways of leaving the slowest devices out are tried (plus keeping all)."""
+
+
+def _adaptive(
+    options: dict[int, list[DeviceConfig]], times: dict[int, list[float]], ctx: PlanContext
+) -> tuple[dict[int, int], float]:
+    """``deadline = adaptive`` (ours): ``search``, also over deadlines below the anchor that
+    leave the slowest devices out of the round (their quickest round would not fit), keeping at
+    least ``min_participation`` of the devices that could train. Keeps the best
+    ``progress / T``; on a tie, the plan with more devices. Returns the levels of the devices
+    kept and the deadline.
+
+    Waiting for a device two or three times slower than the rest can cost more time than its
+    update is worth; this lets the planner see it, as LEGEND's memory limit does by accident.
+    """
+    order = sorted(options, key=lambda i: times[i][0])
+    n = len(order)
+    least = max(1, math.ceil(ctx.options.min_participation * n))
+    # cut where the next device is slower than the last kept one: keeping a prefix ending at a
+    # device as fast as the next one gains nothing
+    cuts = [k for k in range(least, n) if times[order[k]][0] > times[order[k - 1]][0]]
+    if len(cuts) > ADAPTIVE_CUTS:
+        step = len(cuts) / ADAPTIVE_CUTS
+        cuts = [cuts[int(j * step)] for j in range(ADAPTIVE_CUTS)]
+    best: tuple[float, int, dict[int, int], float] | None = None
+    for k in [*cuts, n]:
+        kept = order[:k]
+        sub_times = {i: times[i] for i in kept}
+        levels, deadline, score = _search(
+            {i: options[i] for i in kept}, sub_times, _anchor(sub_times, ctx), ctx
+        )
+        if best is None or (score, k) > best[:2]:
+            best = (score, k, levels, deadline)
+    assert best is not None
     return best[2], best[3]
