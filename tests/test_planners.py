@@ -151,15 +151,17 @@ def test_anchored_greedy_fills_waiting_time_with_depth():
             assert ctx.round_seconds(device, deeper) > plan.deadline
 
 
-def test_deadline_search_never_scores_below_the_anchored_plan():
-    def score(plan, devices, ctx):
-        by_id = {d.id: d for d in devices}
-        progress = sum(
-            ctx.num_samples[i] * (c.depth - ctx.options.progress_lambda * c.quantized)
-            for i, c in plan.configs.items()
-        )
-        return progress / max(ctx.round_seconds(by_id[i], c) for i, c in plan.configs.items())
+def score(plan, devices, ctx):
+    """The deadline search's ``progress / T`` of a plan."""
+    by_id = {d.id: d for d in devices}
+    progress = sum(
+        ctx.num_samples[i] * (c.depth - ctx.options.progress_lambda * c.quantized)
+        for i, c in plan.configs.items()
+    )
+    return progress / max(ctx.round_seconds(by_id[i], c) for i, c in plan.configs.items())
 
+
+def test_deadline_search_never_scores_below_the_anchored_plan():
     anchored, search = context(), context(deadline="search")
     deeper = 0
     for seed, r in ROUNDS:
@@ -278,14 +280,6 @@ def test_ten_thousand_devices_plan_with_every_device_accounted_for():
 
 
 def test_adaptive_deadline_scores_at_least_search_and_leaves_out_only_the_slowest():
-    def score(plan, devices, ctx):
-        by_id = {d.id: d for d in devices}
-        progress = sum(
-            ctx.num_samples[i] * (c.depth - ctx.options.progress_lambda * c.quantized)
-            for i, c in plan.configs.items()
-        )
-        return progress / max(ctx.round_seconds(by_id[i], c) for i, c in plan.configs.items())
-
     # fixed costs dominate (as measured at sequence 64): a slow device is slow at any depth
     profile = dataclasses.replace(minilm_like(), f=0.07, g=0.05, c=0.3)
     search = context(profile, deadline="search")
