@@ -22,7 +22,12 @@ from fedquad.report.plots import write_run_plots
 from fedquad.report.progress import RoundProgress
 from fedquad.report.results import RunWriter, default_run_name, new_run_dir, read_metrics
 from fedquad.report.tensorboard import TensorBoardLog
-from fedquad.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedquad.server.checkpoint import (
+    Checkpoint,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fedquad.server.rounds import (
     best_accuracy,
     median_step_seconds,
@@ -71,11 +76,17 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
 
 def resume(run_dir: str | Path, *, progress: bool = False) -> RunResult:
     """Continue a run from its last checkpoint, with the config, fleet and cost profile it
-    recorded: the result is the one the run would have given uninterrupted."""
+    recorded: the result is the one the run would have given uninterrupted. A run killed before
+    its first checkpoint starts its rounds again (its initial state is a function of the seed)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise FedquadError(f"--resume {str(run_dir)!r} is not a run directory (no config.toml)")
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR)
+    checkpoint: Checkpoint | None = None
+    started = all((run_dir / name).is_file() for name in ("cost_profile.json", "fleet.toml"))
+    if started and not has_checkpoint(run_dir / CHECKPOINT_DIR):
+        pass  # killed before its first checkpoint: every round is run again, from the start
+    else:
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR)
     config = load_config(run_dir / "config.toml")
     quiet_libraries()
     seed_everything(config.seed)
@@ -84,7 +95,8 @@ def resume(run_dir: str | Path, *, progress: bool = False) -> RunResult:
     profile = CostProfile.from_dict(json.loads((run_dir / "cost_profile.json").read_text()))
     writer = RunWriter(run_dir)
     # rounds after the checkpoint were lost with the process: run them again
-    writer.keep_metrics(lambda record: record["round"] <= checkpoint.round)
+    done = 0 if checkpoint is None else checkpoint.round
+    writer.keep_metrics(lambda record: record["round"] <= done)
     return _execute(bench, profile, writer, progress, checkpoint)
 
 

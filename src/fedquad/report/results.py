@@ -1,8 +1,10 @@
 """The results directory of one run.
 
-``config.toml`` (resolved), ``metrics.jsonl`` (one line per round, flushed as it is written),
-``summary.json`` and the final adapter in PEFT format under ``adapter/``. Files are written
-atomically (temporary file + rename), so a crash never leaves a half-written result.
+``config.toml`` (resolved), ``metrics.jsonl`` (one line per round, appended with one write and
+synced), ``summary.json`` and the final adapter in PEFT format under ``adapter/``. Files are
+written atomically (temporary file + rename), so a crash never leaves a half-written result; a
+metrics line cut short by a crash (no final newline) is ignored when read, and a resumed run
+rewrites the file without it.
 """
 
 from __future__ import annotations
@@ -65,10 +67,15 @@ class RunWriter:
         atomic_write_text(self.dir / "config.toml", toml_text)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(line)
+            while view:  # one write for any line of a usual size: it is there whole or not at all
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def keep_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Rewrite ``metrics.jsonl`` (atomically) with only the records ``keep`` accepts."""
@@ -92,5 +99,18 @@ class RunWriter:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``; a last line without its newline that is not JSON (the
+    process was killed while writing it) is left out, damage anywhere else is an error."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):  # no newline after it: cut short
+                break
+            raise FedquadError(f"{path}: line {number} is not a JSON record") from None
+    return records

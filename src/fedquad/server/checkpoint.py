@@ -43,6 +43,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
     tensors = f"state-{checkpoint.round:06d}.safetensors"
     tmp = directory / f".{tensors}.tmp"
     save_file({k: v.contiguous() for k, v in checkpoint.state.items()}, str(tmp))
+    _sync(tmp)
     os.replace(tmp, directory / tensors)
     _write_json(
         directory / POINTER,
@@ -78,6 +79,18 @@ def load_checkpoint(directory: Path) -> Checkpoint:
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FedquadError(f"checkpoint in {str(directory)!r} cannot be read: {exc}") from None
+
+
+def has_checkpoint(directory: Path) -> bool:
+    return (directory / POINTER).exists()
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
