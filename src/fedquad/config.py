@@ -192,12 +192,14 @@ class PlannerConfig:
 class FaultConfig:
     """Injected faults (tests, robustness experiments): per device and round, with these
     probabilities, the device crashes mid-round, straggles ``delay_factor`` times slower than
-    its profile, or sends NaN in its update."""
+    its profile, sends NaN in its update, or runs out of memory in its first training attempt
+    (it then retries once with the server's cheaper fallback config)."""
 
     crash_probability: float = 0.0
     delay_probability: float = 0.0
     delay_factor: float = 3.0
     corrupt_probability: float = 0.0
+    oom_probability: float = 0.0
 
 
 @dataclass
@@ -311,7 +313,12 @@ class ExperimentConfig:
         _check_positive("planner.min_depth", self.planner.min_depth)
         _check_positive("profile.timed_steps", self.profile.timed_steps)
         fc = self.faults
-        probabilities = [fc.crash_probability, fc.delay_probability, fc.corrupt_probability]
+        probabilities = [
+            fc.crash_probability,
+            fc.delay_probability,
+            fc.corrupt_probability,
+            fc.oom_probability,
+        ]
         if any(not 0 <= p <= 1 for p in probabilities) or sum(probabilities) > 1:
             raise FedquadError(
                 f"faults probabilities {probabilities}: use numbers in [0, 1] summing to <= 1"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,11 @@ class DeviceConfig:
         if self.quant_position == "top":
             return trained[len(trained) - self.quantized :]
         return trained[: self.quantized]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields set (None left out, tuples as lists): JSON- and message-ready."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(self).items()
+            if v is not None
+        }

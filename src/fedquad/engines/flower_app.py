@@ -1,12 +1,12 @@
 """The Flower ClientApp and the codec between the round messages and Flower's Message API.
 
 A ``train`` message carries one :class:`TrainInstruction`: ``instruction`` (ConfigRecord: its
-scalar fields), ``config`` (ConfigRecord: the :class:`DeviceConfig` fields) and ``tensors``
-(ArrayRecord: the global LoRA and head; the device needs all of it, since the frozen LoRA below
-its cut still runs in its forward). The reply carries the :class:`TrainReply`: ``reply``
-(ConfigRecord: its scalar fields), ``tensors`` (ArrayRecord: only what it trained) and its
-measurements, flattened (nested keys joined by ``/``): numbers in the MetricRecord ``metrics``,
-anything else in the ConfigRecord ``info``.
+scalar fields), ``config`` and, when set, ``fallback`` (ConfigRecords: the :class:`DeviceConfig`
+fields) and ``tensors`` (ArrayRecord: the global LoRA and head; the device needs all of it, since
+the frozen LoRA below its cut still runs in its forward). The reply carries the
+:class:`TrainReply`: ``reply`` (ConfigRecord: its scalar fields), ``tensors`` (ArrayRecord: only
+what it trained) and its measurements, flattened (nested keys joined by ``/``): numbers in the
+MetricRecord ``metrics``, anything else in the ConfigRecord ``info``.
 
 A ``query`` message asks a node which device it is (its ``partition-id``) and how many samples
 it holds, so the server can address devices by id.
@@ -79,10 +79,12 @@ def _fields(record: ConfigRecord) -> dict[str, Any]:
 
 
 def instruction_content(ins: TrainInstruction) -> RecordDict:
+    fallback = {} if ins.fallback is None else {"fallback": _fields_record(ins.fallback)}
     return RecordDict(
         {
-            "instruction": _fields_record(ins, skip=("config", "tensors")),
+            "instruction": _fields_record(ins, skip=("config", "fallback", "tensors")),
             "config": _fields_record(ins.config),
+            **fallback,
             "tensors": _array_record(ins.tensors),
         }
     )
@@ -90,9 +92,11 @@ def instruction_content(ins: TrainInstruction) -> RecordDict:
 
 def instruction_from(content: RecordDict) -> TrainInstruction:
     records = content.config_records
+    fallback = records.get("fallback")
     return TrainInstruction(
         **_fields(records["instruction"]),
         config=DeviceConfig(**_fields(records["config"])),
+        fallback=None if fallback is None else DeviceConfig(**_fields(fallback)),
         tensors=_state(content.array_records["tensors"]),
     )
 

@@ -6,6 +6,7 @@ the round's random generator: no I/O, no model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -69,6 +70,14 @@ class PlanContext:
 
     def limit(self, device: Device) -> float:
         return (1 - self.kappa) * device.memory_budget_bytes
+
+    def budget_below(self, memory: float) -> int:
+        """The largest budget whose limit ``(1 - κ)·budget`` stays below ``memory`` bytes: a
+        device planned with it is given only configs predicted to need less than ``memory``."""
+        budget = math.ceil(memory / (1 - self.kappa))
+        while budget > 0 and (1 - self.kappa) * budget >= memory:  # exact in float, as fits
+            budget -= 1
+        return budget
 
     def fits(self, device: Device, config: DeviceConfig) -> bool:
         return self.cost(config).memory <= self.limit(device)

@@ -5,6 +5,7 @@ LEGEND's depth choice (§4.2) is the same with ``q ≡ 0``.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 
@@ -28,6 +29,21 @@ def efficient_options(device: Device, ctx: PlanContext, quantize: bool) -> list[
                 options.append(config)
                 break
     return options
+
+
+def fallback_option(
+    device: Device, ctx: PlanContext, quantize: bool, failed: DeviceConfig
+) -> DeviceConfig | None:
+    """The device's next efficient option needing less memory than ``failed``: the deepest, not
+    deeper than ``failed``, of its options under a budget just below ``failed``'s memory — more
+    quantized blocks at the same depth if some fit, else a smaller depth. None if nothing does.
+    """
+    below = ctx.budget_below(ctx.cost(failed).memory)
+    lowered = dataclasses.replace(
+        device, memory_budget_bytes=min(device.memory_budget_bytes, below)
+    )
+    cheaper = [c for c in efficient_options(lowered, ctx, quantize) if c.depth <= failed.depth]
+    return cheaper[-1] if cheaper else None
 
 
 def _sit_out_reason(device: Device, ctx: PlanContext, quantize: bool) -> str:

@@ -14,10 +14,12 @@ from fedquad.cost.fleet import Device
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.planners.base import Plan, PlanContext
-from fedquad.planners.greedy import plan_greedy
+from fedquad.planners.greedy import fallback_option, plan_greedy
 from fedquad.planners.ranks import rank_distribution
 
 Planner = Callable[[list[Device], PlanContext, np.random.Generator], Plan]
+Fallback = Callable[[Device, PlanContext, DeviceConfig], DeviceConfig | None]
+"""A device's next cheaper config after one that ran out of memory (its one retry)."""
 
 
 def plan_fedquad(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
@@ -28,6 +30,16 @@ def plan_fedquad(devices: list[Device], ctx: PlanContext, rng: np.random.Generat
 def plan_depth_only(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
     """LEGEND's depth choice and ``fedquad-noquant``: the same greedy with ``q ≡ 0``."""
     return plan_greedy(devices, ctx, quantize=False)
+
+
+def fallback_fedquad(device: Device, ctx: PlanContext, failed: DeviceConfig) -> DeviceConfig | None:
+    return fallback_option(device, ctx, True, failed)
+
+
+def fallback_depth_only(
+    device: Device, ctx: PlanContext, failed: DeviceConfig
+) -> DeviceConfig | None:
+    return fallback_option(device, ctx, False, failed)
 
 
 def plan_fedlora(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
@@ -123,17 +135,20 @@ class Method:
     structure: str
     """``uniform`` (rank ``r`` on ``lora.depth`` blocks), ``legend`` (LEGEND's rank
     distribution over its ``D``) or ``rank-max`` (the largest HetLoRA rank everywhere)."""
+    fallback: Fallback | None = None
+    """The retry config after an out-of-memory error; None: the method has no cheaper option
+    of its own kind (the device's memory estimate is still corrected for later rounds)."""
 
 
 METHODS: dict[str, Method] = {
-    "fedquad": Method(plan_fedquad, "perlayer", "uniform"),
-    "legend": Method(plan_depth_only, "perlayer", "legend"),
-    "joint": Method(plan_fedquad, "perlayer", "legend"),
+    "fedquad": Method(plan_fedquad, "perlayer", "uniform", fallback_fedquad),
+    "legend": Method(plan_depth_only, "perlayer", "legend", fallback_depth_only),
+    "joint": Method(plan_fedquad, "perlayer", "legend", fallback_fedquad),
     "fedlora": Method(plan_fedlora, "perlayer", "uniform"),
     "hetlora": Method(plan_hetlora, "zeropad", "rank-max"),
     "flexlora": Method(plan_hetlora, "svd", "rank-max"),
     "fedra": Method(plan_fedra, "perlayer", "uniform"),
-    "fedquad-noquant": Method(plan_depth_only, "perlayer", "uniform"),
+    "fedquad-noquant": Method(plan_depth_only, "perlayer", "uniform", fallback_depth_only),
 }
 
 
@@ -166,3 +181,11 @@ def plan_round(
 ) -> Plan:
     """The plan of one round for the sampled devices (their estimates)."""
     return method(name).planner(devices, ctx, rng or np.random.default_rng(0))
+
+
+def fallback_config(
+    name: str, device: Device, ctx: PlanContext, failed: DeviceConfig
+) -> DeviceConfig | None:
+    """What ``device`` (the server's estimate) retries with if ``failed`` runs out of memory."""
+    chosen = method(name).fallback
+    return None if chosen is None else chosen(device, ctx, failed)

@@ -8,7 +8,12 @@ metered) saved bytes. The server keeps, per device, an exponential moving averag
 where ``γ`` (default 0.7) is the weight of history: ``γ = 0`` follows the last report only. A
 device's first report sets its estimate to that observation rather than blending it with the
 declared profile: the declared numbers are a guess, the report is a measurement. Until a device
-has reported, the server plans from its declared profile. Torch-free.
+has reported, the server plans from its declared profile.
+
+A device that ran out of memory sets its ``memory_ceiling``: the predicted memory of the config
+that failed (the smallest, over every such failure). The server plans it only configs predicted
+to need less from then on; the ceiling is not averaged and is checkpointed with the rest.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from fedquad.cost.model import CostProfile, saved_bytes, step_seconds
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 
-_FIELDS = ("slowdown", "uplink", "downlink", "memory_factor")
+_FIELDS = ("slowdown", "uplink", "downlink", "memory_factor", "memory_ceiling")
 """Per-device estimates; the first three replace the declared :class:`Device` fields."""
 
 
@@ -79,6 +84,16 @@ class CapacityEstimator:
             uplink=state.get("uplink", declared.uplink),
             downlink=state.get("downlink", declared.downlink),
         )
+
+    def observe_out_of_memory(self, device: int, memory_bytes: float) -> None:
+        """``device`` ran out of memory on a config predicted to need ``memory_bytes``."""
+        _positive(f"out-of-memory report of device {device} memory_bytes", memory_bytes)
+        state = self._estimates.setdefault(device, {})
+        state["memory_ceiling"] = min(state.get("memory_ceiling", math.inf), float(memory_bytes))
+
+    def memory_ceiling(self, device: int) -> float | None:
+        """Predicted bytes of the cheapest config the device ran out of memory on; None if none."""
+        return self._estimates.get(device, {}).get("memory_ceiling")
 
     def memory_factor(self, device: int) -> float:
         """Measured / predicted saved bytes; 1.0 until the device reports a measurement."""

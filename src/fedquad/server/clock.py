@@ -60,11 +60,14 @@ def time_round(
     local_steps: int,
     deadline: float | None = None,
     delays: Mapping[int, float] | None = None,
+    failed_compute: Mapping[int, float] | None = None,
 ) -> RoundTiming:
     """Time one round: every device in ``configs`` trains its config on its link in ``devices``.
 
-    ``delays`` multiply a device's compute time (a straggling device). With a ``deadline`` the
-    round ends at the deadline if some device is still busy then; those devices are ``late``.
+    ``delays`` multiply a device's compute time (a straggling device); ``failed_compute`` adds
+    the seconds a device spent on a failed attempt before training its config (an out-of-memory
+    retry). With a ``deadline`` the round ends at the deadline if some device is still busy
+    then; those devices are ``late``.
     """
     if local_steps < 1:
         raise FedquadError(f"local_steps = {local_steps} is not allowed: use >= 1")
@@ -78,6 +81,11 @@ def time_round(
         if i in times:
             t = times[i]
             compute = t.compute * factor
+            times[i] = RoundTime(compute, t.download, t.upload, compute + t.download + t.upload)
+    for i, seconds in (failed_compute or {}).items():
+        if i in times:
+            t = times[i]
+            compute = t.compute + seconds
             times[i] = RoundTime(compute, t.download, t.upload, compute + t.download + t.upload)
     if not times:
         return RoundTiming(seconds=0.0, devices={}, straggler=None)

@@ -21,9 +21,12 @@ class TrainInstruction:
     """The global tensors the device starts from (LoRA and head)."""
     seed: int
     fault: str | None = None
-    """An injected fault for this device and round (crash, delay, corrupt), or None."""
+    """An injected fault for this device and round (crash, delay, corrupt, oom), or None."""
     delay_factor: float = 1.0
     """How much slower than its profile a ``delay`` fault makes the device."""
+    fallback: DeviceConfig | None = None
+    """The server's next cheaper config for this device (less predicted memory): what it
+    retries once with if training ``config`` runs out of memory. None: no retry."""
 
 
 @dataclass

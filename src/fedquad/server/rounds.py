@@ -25,7 +25,7 @@ from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_s
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.models.lora import State, rank_slice
-from fedquad.planners import Plan, PlanContext, method, plan_round
+from fedquad.planners import Plan, PlanContext, fallback_config, method, plan_round
 from fedquad.server.capacity import CapacityEstimator, Report
 from fedquad.server.checkpoint import Checkpoint
 from fedquad.server.clock import RoundTiming, VirtualClock, time_round
@@ -151,7 +151,7 @@ class RoundPlanner:
         seed = self.settings.seed
         devices = devices_for_round(self.fleet, self.footprint, seed, r)
         sampled = sample_available(devices, self.fleet.per_round, seed, r)
-        estimates = {d: _estimate(capacity, devices[d]) for d in sampled}
+        estimates = {d: _estimate(capacity, devices[d], self.ctx) for d in sampled}
         rng = np.random.default_rng([seed, r, _PLANNER_STREAM])
         plan = plan_round(self.settings.method, list(estimates.values()), self.ctx, rng)
         return RoundPlan(devices=devices, sampled=sampled, estimates=estimates, plan=plan)
@@ -191,23 +191,35 @@ def run_rounds(
                 seed=device_seed(settings.seed, r, d),
                 fault=fault_of(settings.faults, settings.seed, r, d),
                 delay_factor=settings.faults.delay_factor,
+                fallback=fallback_config(settings.method, planned.estimates[d], planner.ctx, cfg),
             )
             for d, cfg in plan.configs.items()
         ]
+        sent = {ins.device_id: ins for ins in instructions}
         received = executor.train(instructions)
         dropped = {r.device_id: r.error for r in received if r.error is not None}
         arrived = [r for r in received if r.error is None]
         worked = {r.device_id: devices[r.device_id] for r in arrived}
-        configs = {d: plan.configs[d] for d in worked}
+        configs = {r.device_id: trained_config(r, sent[r.device_id]) for r in arrived}
         deadline = round_deadline(settings, planner.ctx, planned)
         delays = {r.device_id: _delay(r) for r in arrived if _delay(r) != 1.0}
-        timing = time_round(profile, configs, worked, settings.local_steps, deadline, delays)
+        # An out-of-memory retry is charged the failed attempt's first local step (where the
+        # error surfaces: saved activations peak in the first step) on top of the retry's own
+        # round; the global model was downloaded once.
+        failed = {
+            d: step_seconds(profile, sent[d].config, worked[d].slowdown) * delays.get(d, 1.0)
+            for d in worked
+            if configs[d] != sent[d].config
+        }
+        timing = time_round(
+            profile, configs, worked, settings.local_steps, deadline, delays, failed
+        )
         for d in timing.late:
             dropped[d] = (
                 f"missed the deadline: {timing.devices[d].total:.1f} s > {deadline or 0:.1f} s"
             )
         on_time = [r for r in arrived if r.device_id not in timing.late]
-        replies, rejected = _accepted(on_time, plan, outcome.state, settings, profile.num_blocks)
+        replies, rejected = _accepted(on_time, configs, outcome.state, settings, profile.num_blocks)
         updates = [Update(reply.tensors, reply.num_samples) for reply in replies]
         if settings.robust != "none":
             outcome.state = aggregate_robust(
@@ -218,6 +230,10 @@ def run_rounds(
         outcome.clock.advance(timing)
         for reply in arrived:
             outcome.capacity.observe(_report(profile, configs, worked, reply), profile)
+        out_of_memory = {r.device_id: r for r in received if "oom_retry" in r.measurements}
+        for d, reply in out_of_memory.items():
+            failed_memory = min(planner.ctx.cost(c).memory for c in _failed_configs(reply, sent[d]))
+            outcome.capacity.observe_out_of_memory(d, failed_memory)
         record: dict[str, Any] = {
             "round": r,
             "sampled": sampled,
@@ -228,6 +244,9 @@ def run_rounds(
                 _device_record(reply, devices, configs, timing, profile) for reply in replies
             ],
             "dropped": {str(k): v for k, v in dropped.items()},
+            "out_of_memory": {
+                str(d): r.measurements["oom_retry"] for d, r in out_of_memory.items()
+            },
             "round_deadline": deadline,
             "virtual_seconds": timing.seconds,
             "virtual_seconds_total": outcome.clock.now,
@@ -271,6 +290,22 @@ def _delay(reply: TrainReply) -> float:
     return float(reply.measurements.get("delay_factor", 1.0))
 
 
+def trained_config(reply: TrainReply, sent: TrainInstruction) -> DeviceConfig:
+    """The config a device's update was trained with: the server's fallback if the device ran
+    out of memory and retried (its ``oom_retry`` names it), else the planned one."""
+    if sent.fallback is not None and "used_config" in reply.measurements.get("oom_retry", {}):
+        return sent.fallback
+    return sent.config
+
+
+def _failed_configs(reply: TrainReply, sent: TrainInstruction) -> list[DeviceConfig]:
+    """The configs a device ran out of memory on: the planned one, and the fallback if the
+    retry failed too (an error reply after a retry)."""
+    if reply.error is not None and sent.fallback is not None:
+        return [sent.config, sent.fallback]
+    return [sent.config]
+
+
 def assigned_names(state: State, config: DeviceConfig, num_blocks: int) -> set[str]:
     """The global tensors a device with ``config`` may send: its trained blocks' LoRA and the
     head. A federated tensor's only integer path component is its block index."""
@@ -295,7 +330,7 @@ def device_tensors(state: State, config: DeviceConfig, num_blocks: int) -> State
 
 def _accepted(
     replies: list[TrainReply],
-    plan: Plan,
+    configs: dict[int, DeviceConfig],
     state: State,
     settings: RoundSettings,
     num_blocks: int,
@@ -304,7 +339,7 @@ def _accepted(
     rejected: dict[int, str] = {}
     good: list[TrainReply] = []
     for reply in replies:
-        assigned = assigned_names(state, plan.configs[reply.device_id], num_blocks)
+        assigned = assigned_names(state, configs[reply.device_id], num_blocks)
         problem = update_problem(reply.tensors, state, assigned)
         if problem is None:
             good.append(reply)
@@ -316,18 +351,23 @@ def _accepted(
     return [r for r in good if r.device_id not in outliers], rejected
 
 
-def _estimate(capacity: CapacityEstimator, declared: Device) -> Device:
+def _estimate(capacity: CapacityEstimator, declared: Device, ctx: PlanContext) -> Device:
     """The server's view of a device: its declared profile corrected by what it reported.
 
     A device whose saved activations turned out larger than predicted (``memory_factor > 1``)
-    is planned as if its budget were that much smaller.
+    is planned as if its budget were that much smaller; one that ran out of memory, with a
+    budget that holds only configs predicted to need less than the one that failed.
     """
     estimate = capacity.estimate(declared)
+    budget = estimate.memory_budget_bytes
     factor = capacity.memory_factor(declared.id)
     if factor > 1:
-        estimate = dataclasses.replace(
-            estimate, memory_budget_bytes=int(estimate.memory_budget_bytes / factor)
-        )
+        budget = int(budget / factor)
+    ceiling = capacity.memory_ceiling(declared.id)
+    if ceiling is not None:
+        budget = min(budget, ctx.budget_below(ceiling))
+    if budget != estimate.memory_budget_bytes:
+        estimate = dataclasses.replace(estimate, memory_budget_bytes=budget)
     return estimate
 
 
@@ -384,7 +424,14 @@ def _device_record(
 
 def _device_measurements(measurements: dict[str, Any]) -> dict[str, Any]:
     # sent/received_bytes: counted by a Flower executor; node: measured by a deployed device
-    keep = ("loss", "median_step_seconds", "peak_saved_bytes", "sent_bytes", "received_bytes")
+    keep = (
+        "loss",
+        "median_step_seconds",
+        "peak_saved_bytes",
+        "sent_bytes",
+        "received_bytes",
+        "oom_retry",
+    )
     out = {k: measurements[k] for k in keep if k in measurements}
     if "step_seconds" in measurements:
         out["host_seconds"] = float(sum(measurements["step_seconds"]))
