@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -253,26 +254,34 @@ def test_deploy_certs_command_writes_the_ca_server_and_node_keys(tmp_path, capsy
 
 
 class FakeGrid:
-    """A Grid whose nodes 10, 11, 12 are devices 0, 1, 2; ``silent`` devices never reply."""
+    """A Grid whose nodes 10, 11, 12 are devices 0, 1, 2; ``silent`` devices never reply, the
+    SuperLink says ``lost`` ones are unavailable (no heartbeat)."""
 
-    def __init__(self, silent: set[int]) -> None:
+    def __init__(self, silent: set[int], lost: frozenset[int] = frozenset()) -> None:
         self.silent = silent
+        self.lost = lost
 
     def get_node_ids(self) -> list[int]:
         return [10, 11, 12]
 
     def send_and_receive(self, messages, *, timeout=None):
-        from flwr.app import ConfigRecord, Message, RecordDict
+        from flwr.app import ConfigRecord, Error, Message, RecordDict
+        from flwr.common.constant import ErrorCode
 
         from fedquad.engines.flower_app import instruction_from, reply_content
         from fedquad.server.messages import TrainReply
 
-        for message in messages:
+        for n, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{n}"  # as a Grid does when it sends
             device = message.metadata.dst_node_id - 10
             if message.metadata.message_type == "query":
                 info = {"device_id": device, "num_samples": 5 + device}
                 content = RecordDict({"device": ConfigRecord(info)})
             elif device in self.silent:
+                continue
+            elif device in self.lost:  # the SuperLink's reply: from itself (node 0), not the node
+                error = Error(ErrorCode.NODE_UNAVAILABLE, "Error: Node Unavailable - no heartbeat")
+                yield Message(error, reply_to=message)
                 continue
             else:  # trains the first row of everything it got
                 ins = instruction_from(message.content)
@@ -303,6 +312,23 @@ def test_grid_executor_counts_bytes_and_leaves_out_who_does_not_reply(monkeypatc
         assert reply.measurements["sent_bytes"] == 4 * 3 * 4 + 2 * 2
         assert reply.measurements["received_bytes"] == 3 * 4 + 1 * 2
     assert replies[1].error == "no reply within flower.reply_timeout = 0.5 s"
+
+
+def test_grid_executor_drops_a_device_whose_node_is_lost_and_goes_on(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedquad.engines.flower_grid import GridExecutor
+    from fedquad.server.messages import TrainInstruction
+
+    for key in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, key, 1)
+    executor = GridExecutor(FakeGrid(silent=set(), lost=frozenset({0})), 3, lambda state: {})
+    tensors = {"lora_A": torch.zeros(4, 3)}
+    instructions = [TrainInstruction(d, 1, DeviceConfig(depth=1), tensors, seed=d) for d in (2, 0)]
+    replies = executor.train(instructions)
+    assert [r.device_id for r in replies] == [2, 0]
+    assert replies[0].error is None and replies[1].tensors == {}
+    assert replies[1].error == "node lost mid-round: Error: Node Unavailable - no heartbeat"
 
 
 def test_unauthenticated_supernodes_are_refused(tmp_path, processes):
@@ -415,3 +441,70 @@ def test_two_rounds_on_a_deployment_with_tls_and_node_auth(tmp_path, processes):
             assert d["sent_bytes"] == d["bytes_down"] == download_bytes(profile, config)
             assert d["received_bytes"] == d["bytes_up"] == upload_bytes(profile, config)
         assert len(pids) == 3 and os.getpid() not in pids
+
+
+@pytest.mark.slow
+def test_a_supernode_killed_mid_run_is_dropped_and_the_rounds_go_on(tmp_path, processes):
+    """SIGKILL one SuperNode process as round 2 starts: without a reply timeout the SuperLink
+    reports the node unavailable once it misses its heartbeats (within about a minute), its
+    device is left out with that reason, and the other two finish every round."""
+    certs = tmp_path / "certs"
+    assert main(["deploy", "certs", str(certs), "--nodes", "3"]) == 0
+    ca = certs / CA_CERT
+    address = start_superlink(processes, certs)
+    register(address, ca, [certs / f"supernode-{d}.key.pub" for d in range(3)])
+    nodes = [
+        start_supernode(processes, f"node-{d}", d, address, ca, certs / f"supernode-{d}.key")
+        for d in range(3)
+    ]
+    out = tmp_path / "runs"
+    config = [
+        *TINY,
+        "federation.rounds=3",
+        f"output_dir={out}",
+        "run_name=killed",
+        "engine='flower'",
+        f"flower.superlink='{address}'",
+        f"flower.root_certificates='{ca}'",
+        f"flower.secret_file='{certs / SECRET}'",
+        "flower.nodes_timeout=120",
+    ]
+    sets = [x for item in config for x in ("--set", item)]
+    server = processes.start(
+        "server", [sys.executable, "-m", "fedquad.cli", "run", "--quiet", *sets]
+    )
+    metrics = out / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert server.poll() is None, processes.log("server")
+        assert time.monotonic() < deadline, processes.log("server")
+        time.sleep(0.05)
+    killed = nodes[2]
+    os.kill(killed.pid, signal.SIGKILL)  # the node process only, as a crash would
+    killed.wait()
+    started = time.monotonic()
+    assert wait_exit(server, 180) == 0, processes.log("server")
+    waited = time.monotonic() - started
+
+    records = read_metrics(out / "killed")
+    assert [m["round"] for m in records] == [1, 2, 3]
+    assert {d["device"] for d in records[0]["devices"]} == {0, 1, 2}
+    for m in records[1:]:
+        aggregated = {d["device"] for d in m["devices"]}
+        assert {0, 1} <= aggregated, m["dropped"]
+        if 2 not in aggregated:  # round 2 may have been answered before the kill
+            assert m["dropped"]["2"].startswith("node lost mid-round: Error: Node Unavailable")
+    assert "2" in records[2]["dropped"]
+    assert all(node.poll() is None for node in nodes[:2])
+    # what the killed node had started (its ClientApp) is orphaned: stopping its process group
+    # ends it, as the fixture does for every process the test started
+    home = str(processes.root / "node-2")
+    orphans = [p for p in processes.survivors() if p.environ().get("FLWR_HOME") == home]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(killed.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(orphans, timeout=10)
+    assert not alive
+    print(
+        f"rounds 2-3 took {waited:.0f} s after the kill; dropped: "
+        f"{[m['dropped'] for m in records]}; orphans of the killed node: {len(orphans)}"
+    )

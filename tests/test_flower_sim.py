@@ -114,3 +114,60 @@ def test_messages_carry_instructions_and_replies_unchanged():
     got = reply_from(reply_content(reply))
     assert dataclasses.replace(got, tensors={}) == dataclasses.replace(reply, tensors={})
     assert all(torch.equal(got.tensors[k], v) for k, v in tensors.items())
+
+
+FAULTY = [  # test_faults' run, smaller: 2 rounds of all 6 devices; seed 0 draws every kind
+    "method='fedquad'",
+    "data.max_train_samples=240",
+    "data.max_test_samples=64",
+    "data.partition='iid'",
+    "model.max_length=32",
+    "federation.rounds=2",
+    "federation.num_devices=6",
+    "federation.devices_per_round=6",
+    "federation.norm_bound=0",
+    "fleet.name='uniform'",
+    "train.local_steps=1",
+    "train.batch_size=8",
+    "profile.timed_steps=1",
+    "faults.crash_probability=0.2",
+    "faults.delay_probability=0.2",
+    "faults.corrupt_probability=0.2",
+    "faults.delay_factor=4.0",
+]
+
+
+def test_injected_faults_are_accounted_for_on_flower_sim_as_on_local(tmp_path, monkeypatch):
+    """Crashed, late and corrupted devices travel through Flower's messages: the simulation
+    leaves out the same devices, for the same reasons, as the local executor."""
+    from fedquad.server.faults import CORRUPT, CRASH, DELAY, fault_of
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    results = {}
+    for engine in ("local", "flower-sim"):
+        config = load_config(
+            None, [*FAULTY, f"engine='{engine}'", f"output_dir={tmp_path}", f"run_name={engine}"]
+        )
+        results[engine] = fedquad.run(config).metrics
+    local, sim = results["local"], results["flower-sim"]
+
+    faults = load_config(None, FAULTY).faults
+    kinds = set()
+    for m, n in zip(sim, local, strict=True):
+        for key in ("sampled", "dropped", "rejected", "sat_out", "virtual_seconds"):
+            assert m[key] == n[key], (m["round"], key)
+        assert [d["device"] for d in m["devices"]] == [d["device"] for d in n["devices"]]
+        for device in m["sampled"]:
+            kind = fault_of(faults, 0, m["round"], device)
+            kinds.add(kind)
+            if kind == CRASH:
+                assert "crashed" in m["dropped"][str(device)]
+            elif kind == DELAY:
+                assert "missed the deadline" in m["dropped"][str(device)]
+            elif kind == CORRUPT:
+                assert "NaN" in m["rejected"][str(device)]
+    assert {CRASH, DELAY, CORRUPT, None} <= kinds
+    for a, b in zip(_curves(sim), _curves(local), strict=True):
+        assert a == pytest.approx(b, rel=0, abs=TOLERANCE)
+    assert not _started_here(str(tmp_path / "flwr"))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedquad.engines.flower_app import config_int, instruction_content, reply_from
@@ -23,6 +24,18 @@ from fedquad.server.messages import TrainInstruction, TrainReply
 
 NODES_TIMEOUT = 60.0
 """Default seconds to wait for the SuperNodes to register."""
+LOST = frozenset(
+    {
+        ErrorCode.NODE_UNAVAILABLE,
+        ErrorCode.MESSAGE_UNAVAILABLE,
+        ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+        ErrorCode.CLIENT_APP_CRASHED,
+    }
+)
+"""Error replies that mean the device went away (its SuperNode stopped sending heartbeats, or
+its ClientApp process died), not that the app is wrong: the device is dropped from the round,
+as a crashed one is, instead of the run stopping. Flower reports a SuperNode as unavailable
+once it missed its heartbeats for twice their interval (30 s by default)."""
 
 
 def payload_bytes(content: RecordDict) -> int:
@@ -99,7 +112,16 @@ class GridExecutor:
             for ins in instructions
         ]
         by_device: dict[int, TrainReply] = {}
-        for message in self._exchange(messages, self.reply_timeout):
+        replies = self._exchange(messages, self.reply_timeout, lost=LOST)
+        # the Grid gave each message its id when it sent it; the SuperLink's own error replies
+        # (node unavailable) name that id, not the node
+        sent = zip(messages, instructions, strict=True)
+        sent_to = {m.metadata.message_id: ins.device_id for m, ins in sent}
+        for message in replies:
+            if message.has_error():  # the node went away: the device is left out of the round
+                d = sent_to[message.metadata.reply_to_message_id]
+                by_device[d] = self._lost(d, message)
+                continue
             reply = reply_from(message.content)
             reply.measurements["sent_bytes"] = payload_bytes(contents[reply.device_id])
             reply.measurements["received_bytes"] = payload_bytes(message.content)
@@ -115,14 +137,28 @@ class GridExecutor:
             error=f"no reply within flower.reply_timeout = {self.reply_timeout} s",
         )
 
+    def _lost(self, device: int, message: Message) -> TrainReply:
+        return TrainReply(
+            device_id=device,
+            tensors={},
+            num_samples=self.samples[device],
+            error=f"node lost mid-round: {_last_line(message.error.reason)}",
+        )
+
     def evaluate(self, state: State) -> dict[str, float]:
         return self.evaluator(state)
 
-    def _exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
-        """Send and wait for the replies; only with a ``timeout`` may some be missing."""
+    def _exchange(
+        self,
+        messages: list[Message],
+        timeout: float | None = None,
+        lost: frozenset[int] = frozenset(),
+    ) -> list[Message]:
+        """Send and wait for the replies; only with a ``timeout`` may some be missing. An error
+        reply raises, but those with a code in ``lost`` are returned."""
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         for reply in replies:
-            if reply.has_error():
+            if reply.has_error() and reply.error.code not in lost:
                 raise FedquadError(f"{self._name(reply)}: {_last_line(reply.error.reason)}")
         if timeout is None and len(replies) != len(messages):
             raise FedquadError(f"{len(replies)} of {len(messages)} nodes replied")
