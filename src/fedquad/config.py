@@ -144,6 +144,10 @@ class FederationConfig:
     by then is left out of the round's aggregation."""
     round_deadline: float | None = None
     """A fixed round deadline in (virtual) seconds instead of the derived one."""
+    over_selection: float = 0.0
+    """Sample up to this fraction more devices than ``devices_per_round`` when devices have
+    been failing: ``⌈k·p/(1-p)⌉`` more for the moving average ``p`` of the share of planned
+    devices whose update was not aggregated (0: off)."""
 
 
 @dataclass
@@ -376,6 +380,11 @@ class ExperimentConfig:
         if not 0 <= self.federation.trim_fraction < 0.5:
             raise FedquadError(
                 f"federation.trim_fraction = {self.federation.trim_fraction!r}: use [0, 0.5)"
+            )
+        if not 0 <= self.federation.over_selection <= 10:
+            raise FedquadError(
+                f"federation.over_selection = {self.federation.over_selection!r}: "
+                "use a fraction from 0 (off) to 10"
             )
         if not self.federation.deadline_slack >= 0:
             raise FedquadError(

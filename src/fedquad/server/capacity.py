@@ -67,6 +67,9 @@ class CapacityEstimator:
         _check_gamma(gamma)
         self.gamma = gamma
         self._estimates: dict[int, dict[str, float]] = {}
+        self.failure_rate = 0.0
+        """Moving average of the share of a round's planned devices whose update was not
+        aggregated (crashed, late, rejected): what over-selection makes up for."""
 
     def observe(self, report: Report, profile: CostProfile) -> None:
         """Blend one report into its device's estimates."""
@@ -95,6 +98,12 @@ class CapacityEstimator:
         """Predicted bytes of the cheapest config the device ran out of memory on; None if none."""
         return self._estimates.get(device, {}).get("memory_ceiling")
 
+    def observe_round(self, planned: int, aggregated: int) -> None:
+        """A round planned ``planned`` devices and aggregated ``aggregated`` of their updates."""
+        if planned > 0:
+            failed = (planned - aggregated) / planned
+            self.failure_rate = self.gamma * self.failure_rate + (1 - self.gamma) * failed
+
     def memory_factor(self, device: int) -> float:
         """Measured / predicted saved bytes; 1.0 until the device reports a measurement."""
         return self._estimates.get(device, {}).get("memory_factor", 1.0)
@@ -102,16 +111,21 @@ class CapacityEstimator:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (device ids become string keys)."""
         devices = {str(i): dict(self._estimates[i]) for i in sorted(self._estimates)}
-        return {"gamma": self.gamma, "devices": devices}
+        return {"gamma": self.gamma, "failure_rate": self.failure_rate, "devices": devices}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CapacityEstimator:
-        unknown = sorted(set(data) - {"gamma", "devices"})
+        unknown = sorted(set(data) - {"gamma", "failure_rate", "devices"})
         if unknown:
             raise FedquadError(
-                f"capacity estimator has unknown field {unknown[0]!r}: known are devices, gamma"
+                f"capacity estimator has unknown field {unknown[0]!r}: "
+                "known are devices, failure_rate, gamma"
             )
         estimator = cls(gamma=data.get("gamma", 0.7))
+        rate = data.get("failure_rate", 0.0)
+        if not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise FedquadError(f"capacity estimator failure_rate = {rate!r}: use 0 to 1")
+        estimator.failure_rate = float(rate)
         for key, state in data.get("devices", {}).items():
             estimator._estimates[_device_id(key)] = _state_from_dict(key, state)
         return estimator

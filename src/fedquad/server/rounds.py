@@ -10,6 +10,7 @@ is recorded beside it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -62,6 +63,7 @@ class RoundSettings:
     norm_bound: float = 10.0
     deadline_slack: float = 0.5
     round_deadline: float | None = None
+    over_selection: float = 0.0
     faults: FaultConfig = field(default_factory=FaultConfig)
 
 
@@ -85,6 +87,7 @@ def settings_for(config: ExperimentConfig) -> RoundSettings:
         norm_bound=fed.norm_bound,
         deadline_slack=fed.deadline_slack,
         round_deadline=fed.round_deadline,
+        over_selection=fed.over_selection,
         faults=config.faults,
     )
 
@@ -150,11 +153,25 @@ class RoundPlanner:
     def plan(self, r: int, capacity: CapacityEstimator) -> RoundPlan:
         seed = self.settings.seed
         devices = devices_for_round(self.fleet, self.footprint, seed, r)
-        sampled = sample_available(devices, self.fleet.per_round, seed, r)
+        wanted = self.fleet.per_round + extra_devices(
+            self.fleet.per_round, capacity.failure_rate, self.settings.over_selection
+        )
+        sampled = sample_available(devices, min(wanted, len(devices)), seed, r)
         estimates = {d: _estimate(capacity, devices[d], self.ctx) for d in sampled}
         rng = np.random.default_rng([seed, r, _PLANNER_STREAM])
         plan = plan_round(self.settings.method, list(estimates.values()), self.ctx, rng)
         return RoundPlan(devices=devices, sampled=sampled, estimates=estimates, plan=plan)
+
+
+def extra_devices(per_round: int, failure_rate: float, over_selection: float) -> int:
+    """Over-selection: ``⌈k·p/(1-p)⌉`` more devices, so that ``k`` updates are expected to
+    arrive when a share ``p`` fails; at most ``over_selection·k`` (rounded down)."""
+    if over_selection <= 0 or failure_rate <= 0:
+        return 0
+    cap = math.floor(over_selection * per_round)
+    if failure_rate >= 1:
+        return cap
+    return min(cap, math.ceil(per_round * failure_rate / (1 - failure_rate) - 1e-9))
 
 
 def run_rounds(
@@ -228,6 +245,7 @@ def run_rounds(
         else:
             outcome.state = aggregate(rule, outcome.state, updates, settings.weighting)
         outcome.clock.advance(timing)
+        outcome.capacity.observe_round(len(plan.configs), len(replies))
         for reply in arrived:
             outcome.capacity.observe(_report(profile, configs, worked, reply), profile)
         out_of_memory = {r.device_id: r for r in received if "oom_retry" in r.measurements}
@@ -237,6 +255,7 @@ def run_rounds(
         record: dict[str, Any] = {
             "round": r,
             "sampled": sampled,
+            "over_selected": len(sampled) - min(planner.fleet.per_round, len(sampled)),
             "offline": sum(not d.available for d in devices),
             "sat_out": {str(k): v for k, v in plan.sat_out.items()},
             "rejected": {str(k): v for k, v in rejected.items()},
