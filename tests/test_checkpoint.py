@@ -158,7 +158,8 @@ def _killed_and_resumed(
             # the moment: once a later round is recorded (or, one time in four, at once: during
             # start-up), then a random wait (none or a few ms: while that round's checkpoint is
             # written; up to 1.5 s: mid-round)
-            after = done if rng.random() < 0.25 else rng.randint(done + 1, rounds)
+            early = rng.random() < 0.25 or done == rounds  # done: killed while finishing
+            after = done if early else rng.randint(done + 1, rounds)
             wait = rng.choice([0.0, rng.uniform(0, 0.05), rng.uniform(0, 1.5)])
             metrics = run / "metrics.jsonl"
             while proc.poll() is None and not (
