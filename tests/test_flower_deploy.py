@@ -31,7 +31,6 @@ from fedquad.deploy import (
     CA_CERT,
     SECRET,
     SERVER_CERT,
-    flower_env,
     make_certificates,
     make_node_key,
     superlink_command,
@@ -39,6 +38,7 @@ from fedquad.deploy import (
 )
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
+from fedquad.loopback import FlowerProcesses, free_port, start_superlink
 from fedquad.report.results import read_metrics
 
 TINY = [  # test_run's small run on the default (heterogeneous) fleet, 3 devices all sampled
@@ -58,85 +58,16 @@ REFUSED_WITHIN = 60.0
 """Seconds a refused SuperNode may take to give up (measured: about 5)."""
 
 
-class Processes:
-    """Flower processes started by a test, each in its own session, stopped by pid."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        home = self.root / name
-        home.mkdir(parents=True, exist_ok=True)
-        with (self.root / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen(
-                argv,
-                env=flower_env(home),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its group: the SuperNode's SuperExec and ClientApps
-            )
-        self.started.append(process)
-        return process
-
-    def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        """SIGTERM each started process's group, SIGKILL what is left after 10 s."""
-        for process in self.started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for process in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(max(0.1, deadline - time.monotonic()))
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        _, alive = psutil.wait_procs(self.survivors(), timeout=10)
-        assert not alive, f"still running: {alive}"
-
-    def survivors(self) -> list[psutil.Process]:
-        """Processes running with a FLWR_HOME under this test's directory (orphans too)."""
-        found = []
-        for process in psutil.process_iter():
-            with contextlib.suppress(psutil.Error):
-                home = process.environ().get("FLWR_HOME", "")
-                if home.startswith(str(self.root)) and process.status() != psutil.STATUS_ZOMBIE:
-                    found.append(process)
-        return found
-
-
 @pytest.fixture
 def processes(tmp_path):
-    started = Processes(tmp_path / "flower")
-    started.root.mkdir()
+    started = FlowerProcesses(tmp_path / "flower")
     yield started
-    started.stop()
+    assert not started.stop()
     assert not started.survivors()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_superlink(processes: Processes, certs: Path) -> str:
-    """A SuperLink with TLS and node authentication; its address once it accepts connections."""
-    address = f"127.0.0.1:{free_port()}"
-    link = processes.start("superlink", superlink_command(certs, address))
-    deadline = time.monotonic() + 60
-    while "Application startup complete" not in processes.log("superlink"):
-        assert link.poll() is None, processes.log("superlink")
-        assert time.monotonic() < deadline, processes.log("superlink")
-        time.sleep(0.2)
-    return address
-
-
 def start_supernode(
-    processes: Processes,
+    processes: FlowerProcesses,
     name: str,
     device: int,
     address: str,
@@ -329,6 +260,29 @@ def test_grid_executor_drops_a_device_whose_node_is_lost_and_goes_on(monkeypatch
     assert [r.device_id for r in replies] == [2, 0]
     assert replies[0].error is None and replies[1].tensors == {}
     assert replies[1].error == "node lost mid-round: Error: Node Unavailable - no heartbeat"
+
+
+def test_deploy_loopback_runs_a_tls_federation_until_stopped_and_leaves_nothing(tmp_path):
+    root = tmp_path / "loopback"
+    command = [sys.executable, "-m", "fedquad.cli", "deploy", "loopback", "--nodes", "2"]
+    server = subprocess.Popen(
+        [*command, "--dir", str(root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        assert server.stdout is not None
+        lines = [server.stdout.readline().decode() for _ in range(3)]
+        assert "2 SuperNodes" in lines[0], lines
+        assert "engine=flower" in lines[1] and f"{root}/certs/ca.crt" in lines[1], lines
+        started = FlowerProcesses(root / "flower").survivors()
+        names = {" ".join(p.cmdline()) for p in started}
+        assert sum("flower-superlink" in n and "--enable-supernode-auth" in n for n in names) == 1
+        assert sum("flower-supernode" in n and "--root-certificates" in n for n in names) == 2
+        time.sleep(3)  # the SuperNodes connect: a refused one would exit within seconds
+        assert all(p.is_running() for p in started)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert wait_exit(server, 60) == 0
+    assert not FlowerProcesses(root / "flower").survivors()
 
 
 def test_unauthenticated_supernodes_are_refused(tmp_path, processes):
