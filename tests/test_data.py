@@ -459,10 +459,21 @@ def test_partition_errors(indexed_train, args, kwargs, shown):
 # ---------------------------------------------------------------------------- tokenize
 
 
-def test_tokenize_pads_and_truncates_to_max_length(minilm_tokenizer):
+def test_tokenize_pads_and_truncates_to_max_length_with_a_warning(minilm_tokenizer, capsys):
     texts = ["short one", "a much longer review " * 40, "medium length text here"]
     ds = datasets.Dataset.from_dict({"text": texts, "label": [1, 0, 1]})
     out = tokenize_dataset(ds, minilm_tokenizer, max_length=32)
+
+    def warnings():
+        return [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+
+    assert warnings() == [
+        "warning: 1 of 3 texts are longer than max_length = 32 tokens and were truncated"
+    ]
+    tokenize_dataset(ds, minilm_tokenizer, max_length=5)  # "medium length text here" is 6
+    assert ["2 of 3 texts" in w for w in warnings()] == [True]
+    tokenize_dataset(ds, minilm_tokenizer, max_length=512)
+    assert warnings() == []
     assert set(out.column_names) == {"label", "input_ids", "attention_mask"}
     batch = out[:]
     assert batch["input_ids"].shape == (3, 32) and batch["attention_mask"].shape == (3, 32)

@@ -7,6 +7,7 @@ the CLI prints it and exits with code 2 (no traceback).
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Sequence
 
 
@@ -19,3 +20,8 @@ def unknown_key(key: str, allowed: Sequence[str], where: str = "config") -> Fedq
     hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(allowed), n=1)
     tail = f" (did you mean '{hint[0]}'?)" if hint else f"; known keys: {', '.join(allowed)}"
     return FedquadError(f"unknown {where} key '{key}'{tail}")
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr: the run goes on."""
+    print(f"warning: {message}", file=sys.stderr)

@@ -7,7 +7,7 @@ from typing import Any
 
 import datasets
 
-from fedquad.errors import FedquadError
+from fedquad.errors import FedquadError, warn
 
 
 def tokenize_dataset(
@@ -15,8 +15,8 @@ def tokenize_dataset(
 ) -> datasets.Dataset:
     """Replace ``text`` by ``input_ids`` and ``attention_mask`` of length ``max_length``.
 
-    Texts are truncated or padded to exactly ``max_length`` tokens; ``label`` and any other
-    columns are kept. The result is in torch format.
+    Texts are truncated or padded to exactly ``max_length`` tokens, with a warning saying how
+    many were truncated; ``label`` and any other columns are kept. The result is in torch format.
     """
     if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
         raise FedquadError(f"max_length={max_length!r} is invalid; use an integer >= 1")
@@ -34,13 +34,36 @@ def tokenize_dataset(
             batch["text"], padding="max_length", truncation=True, max_length=int(max_length)
         )
         # Keep only what every model takes (drops e.g. BERT's token_type_ids).
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            TRUNCATED: _truncated(enc),
+        }
 
     # Replace columns of the same name if the dataset was tokenized before.
     stale = [c for c in ("text", "input_ids", "attention_mask") if c in dataset.column_names]
     tokenized = dataset.map(encode, batched=True, remove_columns=stale, desc="Tokenizing")
+    truncated = sum(tokenized[TRUNCATED])
+    if truncated:
+        warn(
+            f"{truncated:,} of {len(tokenized):,} texts are longer than max_length = "
+            f"{max_length} tokens and were truncated"
+        )
+    tokenized = tokenized.remove_columns(TRUNCATED)
     tokenized.set_format("torch")
     return tokenized
+
+
+TRUNCATED = "_truncated"
+
+
+def _truncated(enc: Any) -> list[bool]:
+    """Which texts lost tokens: a fast tokenizer keeps what it cut off; for a slow one, a text
+    that fills every position counts (it may have fit exactly)."""
+    encodings = getattr(enc, "encodings", None)
+    if encodings is not None:
+        return [bool(e.overflowing) for e in encodings]
+    return [all(m) for m in enc["attention_mask"]]
 
 
 def _ensure_pad_token(tokenizer: Any) -> None:
