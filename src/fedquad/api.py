@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from fedquad.engines import execute
 from fedquad.errors import FedquadError
 from fedquad.models.lora import get_state, load_state
 from fedquad.quiet import quiet_libraries
+from fedquad.report.compare import time_to_target
 from fedquad.report.plots import write_run_plots
 from fedquad.report.progress import RoundProgress
 from fedquad.report.results import RunWriter, default_run_name, new_run_dir, read_metrics
@@ -33,7 +35,6 @@ from fedquad.server.rounds import (
     median_step_seconds,
     run_rounds,
     settings_for,
-    time_to_target,
 )
 from fedquad.train.generate import causal_lm_summary
 from fedquad.workbench import Workbench, build_workbench, workload_profile
@@ -185,4 +186,5 @@ def _target_summary(
         if final is None:
             return {"target_accuracy": None, "time_to_target": None}
         target = TARGET_FRACTION * final
-    return {"target_accuracy": target, "time_to_target": time_to_target(metrics, target)}
+    reached = time_to_target(metrics, target)
+    return {"target_accuracy": target, "time_to_target": reached and dataclasses.asdict(reached)}

@@ -469,18 +469,3 @@ def best_accuracy(metrics: list[dict[str, Any]]) -> float | None:
 def median_step_seconds(metrics: list[dict[str, Any]]) -> float | None:
     values = [d["median_step_seconds"] for m in metrics for d in m["devices"]]
     return statistics.median(values) if values else None
-
-
-def time_to_target(metrics: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
-    """Virtual and host time, round and bytes at the first evaluation reaching ``target``."""
-    bytes_total = 0
-    for m in metrics:
-        bytes_total += m["bytes_up"] + m["bytes_down"]
-        if m.get("test_accuracy", -1.0) >= target:
-            return {
-                "round": m["round"],
-                "virtual_seconds": m["virtual_seconds_total"],
-                "host_seconds": m["host_seconds_total"],
-                "bytes": bytes_total,
-            }
-    return None
