@@ -228,8 +228,12 @@ def test_fit_times_recovers_synthetic_coefficients():
 def test_fit_times_without_quantized_samples_and_bad_input():
     samples = [(d, 0, 0.5 + 0.1 * d) for d in (1, 2, 3)]
     assert fit_times(samples, 4) == pytest.approx((0.0, 0.1, 0.0, 0.5))
-    with pytest.raises(FedquadError, match="two or more depths"):
-        fit_times([(2, 0, 1.0), (2, 1, 1.1)], 4)
+    # one depth (global LoRA depth 1): g folds into the constant, predictions there are exact
+    assert fit_times([(1, 0, 1.0), (1, 1, 1.25)], 4, forward_per_block=0.1) == pytest.approx(
+        (0.1, 0.0, 0.25, 0.6)
+    )
+    with pytest.raises(FedquadError, match="no samples"):
+        fit_times([], 4)
     with pytest.raises(FedquadError, match="vary q"):
         fit_times([(1, 1, 1.0), (2, 2, 1.1), (3, 3, 1.2)], 4)
 

@@ -224,3 +224,13 @@ def test_tensorboard_flag_writes_event_files(tmp_path):
     assert "test_accuracy" in acc.Tags()["scalars"]
     (point,) = acc.Scalars("test_accuracy")
     assert point.value == pytest.approx(read_metrics(run_dir)[0]["test_accuracy"])
+
+
+def test_a_global_lora_depth_of_one_is_profiled_and_trained(tmp_path):
+    config = load_config(
+        None, [*SMALL, "method='fedquad'", "lora.depth=1", f"output_dir={tmp_path}"]
+    )
+    result = fedquad.run(config)
+    profile = CostProfile.from_dict(json.loads((result.run_dir / "cost_profile.json").read_text()))
+    assert profile.g == 0.0 and step_seconds(profile, DeviceConfig(1)) > 0
+    assert all(d["depth"] == 1 for m in result.metrics for d in m["devices"])

@@ -416,19 +416,19 @@ def fit_times(
     Step times alone only identify ``g``, ``o`` and the sum ``K = L·f + c``: every step runs all
     ``L`` forwards. With a measured ``forward_per_block`` we pin ``f`` and set ``c = K - L·f``;
     without it we return ``f = 0`` and ``c = K``, which predicts the same step times for this ``L``.
-    If no sample is quantized, ``o`` is unidentifiable and returned as 0.
+    If no sample is quantized, ``o`` is unidentifiable and returned as 0. With samples at one
+    depth only (a global LoRA depth of 1, the only depth any device can have), ``g`` is folded
+    into the constant and returned as 0: the predictions at that depth are the same.
     """
     if num_blocks < 1:
         raise FedquadError(f"num_blocks = {num_blocks} is not allowed: use >= 1")
-    if len({d for d, _, _ in samples}) < 2:
-        raise FedquadError(
-            f"fit_times got depths {sorted({d for d, _, _ in samples})}: "
-            "give samples at two or more depths"
-        )
+    if not samples:
+        raise FedquadError("fit_times got no samples: time at least one step")
     data = np.asarray(samples, dtype=float)
     depth, quant, seconds = data[:, 0], data[:, 1], data[:, 2]
+    with_depth = len(set(depth.tolist())) > 1
     with_quant = bool(np.any(quant > 0))
-    columns = [depth, quant] if with_quant else [depth]
+    columns = [c for c, used in ((depth, with_depth), (quant, with_quant)) if used]
     design = np.column_stack([*columns, np.ones_like(depth)])
     if np.linalg.matrix_rank(design) < design.shape[1]:
         raise FedquadError(
@@ -436,8 +436,8 @@ def fit_times(
             "vary q independently of d"
         )
     coef, *_ = np.linalg.lstsq(design, seconds, rcond=None)
-    g = float(coef[0])
-    o = float(coef[1]) if with_quant else 0.0
+    g = float(coef[0]) if with_depth else 0.0
+    o = float(coef[int(with_depth)]) if with_quant else 0.0
     constant = float(coef[-1])
     f = 0.0 if forward_per_block is None else float(forward_per_block)
     return f, g, o, constant - num_blocks * f
