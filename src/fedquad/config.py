@@ -232,7 +232,8 @@ class FlowerConfig:
     """Seconds to wait for one SuperNode per device to connect."""
     reply_timeout: float | None = None
     """Seconds to wait for a round's replies; a device that has not replied by then is left
-    out of the round (default: wait for every device)."""
+    out of the round (default: wait for every device — a device whose SuperNode is lost is
+    still left out, once the SuperLink misses its heartbeats, about a minute)."""
 
 
 @dataclass
