@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from fedquad.aggregate import Update, aggregate, aggregate_robust
-from fedquad.config import ExperimentConfig, FaultConfig, PlannerConfig, QuantConfig
+from fedquad.config import (
+    ExperimentConfig,
+    FaultConfig,
+    FederationConfig,
+    FleetConfig,
+    PlannerConfig,
+    QuantConfig,
+)
 from fedquad.cost.fleet import Device, FleetSpec, devices_for_round, sample_available
 from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
 from fedquad.device_config import DeviceConfig
@@ -44,50 +51,30 @@ def tensor_bytes(state: State) -> int:
 
 @dataclass(frozen=True)
 class RoundSettings:
+    """What the round loop needs of an experiment's config: its sections, not copies."""
+
     method: str
-    rounds: int
-    eval_every: int = 1
-    weighting: str = "samples"
+    federation: FederationConfig
     seed: int = 0
     quant: QuantConfig = field(default_factory=QuantConfig)
     local_steps: int = 10
-    kappa: float = 0.1
-    capacity_gamma: float = 0.7
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     base_rank: int = 8
     """``r``: the reference rank (budgets' footprint, HetLoRA's rank set)."""
-    checkpoint_every: int = 1
-    """Rounds between server checkpoints (0: none)."""
-    robust: str = "none"
-    trim_fraction: float = 0.1
-    norm_bound: float = 10.0
-    deadline_slack: float = 0.5
-    round_deadline: float | None = None
-    over_selection: float = 0.0
     faults: FaultConfig = field(default_factory=FaultConfig)
 
 
 def settings_for(config: ExperimentConfig) -> RoundSettings:
-    fed = config.federation
     return RoundSettings(
         method=config.method,
-        rounds=fed.rounds,
-        eval_every=fed.eval_every,
-        weighting=fed.weighting,
+        federation=config.federation,
         seed=config.seed,
         quant=config.quant,
         local_steps=config.train.local_steps,
-        kappa=config.fleet.kappa,
-        capacity_gamma=config.fleet.capacity_gamma,
+        fleet=config.fleet,
         planner=config.planner,
         base_rank=config.lora.rank,
-        checkpoint_every=fed.checkpoint_every,
-        robust=fed.robust,
-        trim_fraction=fed.trim_fraction,
-        norm_bound=fed.norm_bound,
-        deadline_slack=fed.deadline_slack,
-        round_deadline=fed.round_deadline,
-        over_selection=fed.over_selection,
         faults=config.faults,
     )
 
@@ -143,7 +130,7 @@ class RoundPlanner:
             profile=profile,
             lora_depth=lora_depth,
             quant=settings.quant,
-            kappa=settings.kappa,
+            kappa=settings.fleet.kappa,
             local_steps=settings.local_steps,
             options=settings.planner,
             num_samples=dict(enumerate(device_samples)),
@@ -154,7 +141,7 @@ class RoundPlanner:
         seed = self.settings.seed
         devices = devices_for_round(self.fleet, self.footprint, seed, r)
         wanted = self.fleet.per_round + extra_devices(
-            self.fleet.per_round, capacity.failure_rate, self.settings.over_selection
+            self.fleet.per_round, capacity.failure_rate, self.settings.federation.over_selection
         )
         sampled = sample_available(devices, min(wanted, len(devices)), seed, r)
         estimates = {d: _estimate(capacity, devices[d], self.ctx) for d in sampled}
@@ -187,15 +174,17 @@ def run_rounds(
 ) -> RoundsOutcome:
     """Run every round from the initial global ``state`` (or from ``resume``'s round onwards);
     ``on_round`` gets each metrics record, ``on_checkpoint`` a checkpoint every
-    ``settings.checkpoint_every`` rounds and after the last."""
-    outcome = RoundsOutcome(state=state, capacity=CapacityEstimator(gamma=settings.capacity_gamma))
+    ``settings.federation.checkpoint_every`` rounds and after the last."""
+    outcome = RoundsOutcome(
+        state=state, capacity=CapacityEstimator(gamma=settings.fleet.capacity_gamma)
+    )
     planner = RoundPlanner(settings, fleet, profile, lora_depth, executor.device_samples())
     rule = method(settings.method).aggregation
     host_total, first = 0.0, 1
     if resume is not None:
         outcome.state, outcome.clock, outcome.capacity = resume.state, resume.clock, resume.capacity
         host_total, first = resume.host_seconds, resume.round + 1
-    for r in range(first, settings.rounds + 1):
+    for r in range(first, settings.federation.rounds + 1):
         start = time.perf_counter()
         planned = planner.plan(r, outcome.capacity)
         devices, sampled, plan = planned.devices, planned.sampled, planned.plan
@@ -238,12 +227,15 @@ def run_rounds(
         on_time = [r for r in arrived if r.device_id not in timing.late]
         replies, rejected = _accepted(on_time, configs, outcome.state, settings, profile.num_blocks)
         updates = [Update(reply.tensors, reply.num_samples) for reply in replies]
-        if settings.robust != "none":
+        if settings.federation.robust != "none":
             outcome.state = aggregate_robust(
-                outcome.state, updates, settings.robust, settings.trim_fraction
+                outcome.state,
+                updates,
+                settings.federation.robust,
+                settings.federation.trim_fraction,
             )
         else:
-            outcome.state = aggregate(rule, outcome.state, updates, settings.weighting)
+            outcome.state = aggregate(rule, outcome.state, updates, settings.federation.weighting)
         outcome.clock.advance(timing)
         outcome.capacity.observe_round(len(plan.configs), len(replies))
         for reply in arrived:
@@ -279,7 +271,7 @@ def run_rounds(
             )
         record["bytes_up"] = sum(d["bytes_up"] for d in record["devices"])
         record["bytes_down"] = sum(d["bytes_down"] for d in record["devices"])
-        if r % settings.eval_every == 0 or r == settings.rounds:
+        if r % settings.federation.eval_every == 0 or r == settings.federation.rounds:
             record.update({f"test_{k}": v for k, v in executor.evaluate(outcome.state).items()})
         round_seconds = time.perf_counter() - start
         host_total += round_seconds
@@ -287,8 +279,12 @@ def run_rounds(
         record["host_seconds_total"] = host_total
         outcome.metrics.append(record)
         on_round(record)
-        every = settings.checkpoint_every
-        if on_checkpoint is not None and every and (r % every == 0 or r == settings.rounds):
+        every = settings.federation.checkpoint_every
+        if (
+            on_checkpoint is not None
+            and every
+            and (r % every == 0 or r == settings.federation.rounds)
+        ):
             on_checkpoint(Checkpoint(r, outcome.state, outcome.clock, outcome.capacity, host_total))
     return outcome
 
@@ -296,12 +292,12 @@ def run_rounds(
 def round_deadline(settings: RoundSettings, ctx: PlanContext, planned: RoundPlan) -> float | None:
     """When the server stops waiting: ``federation.round_deadline``, else the planner's predicted
     round time (from its estimates) times ``1 + deadline_slack``."""
-    if settings.round_deadline is not None:
-        return settings.round_deadline
+    if settings.federation.round_deadline is not None:
+        return settings.federation.round_deadline
     predicted = [
         ctx.round_seconds(planned.estimates[d], c) for d, c in planned.plan.configs.items()
     ]
-    return (1 + settings.deadline_slack) * max(predicted) if predicted else None
+    return (1 + settings.federation.deadline_slack) * max(predicted) if predicted else None
 
 
 def _delay(reply: TrainReply) -> float:
@@ -365,7 +361,7 @@ def _accepted(
         else:
             rejected[reply.device_id] = problem
     distances = {r.device_id: update_distance(r.tensors, state) for r in good}
-    outliers = norm_outliers(distances, settings.norm_bound)
+    outliers = norm_outliers(distances, settings.federation.norm_bound)
     rejected.update(outliers)
     return [r for r in good if r.device_id not in outliers], rejected
 
