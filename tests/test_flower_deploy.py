@@ -38,7 +38,7 @@ from fedquad.deploy import (
 )
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
-from fedquad.loopback import FlowerProcesses, free_port, start_superlink
+from fedquad.loopback import FlowerProcesses, Loopback, free_port, start_superlink
 from fedquad.report.results import read_metrics
 
 TINY = [  # test_run's small run on the default (heterogeneous) fleet, 3 devices all sampled
@@ -348,13 +348,7 @@ def test_two_rounds_on_a_deployment_with_tls_and_node_auth(tmp_path, processes):
     ]
 
     run = [*TINY, f"output_dir={tmp_path / 'runs'}"]
-    flower = [
-        "engine='flower'",
-        f"flower.superlink='{address}'",
-        f"flower.root_certificates='{ca}'",
-        f"flower.secret_file='{certs / SECRET}'",
-        "flower.nodes_timeout=120",
-    ]
+    flower = [*Loopback(address, certs, processes).run_settings(), "flower.nodes_timeout=120"]
     deployed = fedquad.run(load_config(None, [*run, *flower, "run_name=flower"]))
     assert all(node.poll() is None for node in nodes)
     local = fedquad.run(load_config(None, [*run, "run_name=local"]))
@@ -417,10 +411,7 @@ def test_a_supernode_killed_mid_run_is_dropped_and_the_rounds_go_on(tmp_path, pr
         "federation.rounds=3",
         f"output_dir={out}",
         "run_name=killed",
-        "engine='flower'",
-        f"flower.superlink='{address}'",
-        f"flower.root_certificates='{ca}'",
-        f"flower.secret_file='{certs / SECRET}'",
+        *Loopback(address, certs, processes).run_settings(),
         "flower.nodes_timeout=120",
     ]
     sets = [x for item in config for x in ("--set", item)]

@@ -64,16 +64,21 @@ def _started_here(flwr_home: str) -> list[int]:
     return pids
 
 
-def test_flower_sim_gives_the_local_curves(tmp_path, monkeypatch):
+def _local_and_sim(settings, tmp_path, monkeypatch):
+    """The same run on the local executor and on flower-sim: (local metrics, sim metrics)."""
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
     monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     results = {}
     for engine in ("local", "flower-sim"):
         config = load_config(
-            None, [*SMALL, f"engine='{engine}'", f"output_dir={tmp_path}", f"run_name={engine}"]
+            None, [*settings, f"engine='{engine}'", f"output_dir={tmp_path}", f"run_name={engine}"]
         )
         results[engine] = fedquad.run(config).metrics
-    local, sim = results["local"], results["flower-sim"]
+    return results["local"], results["flower-sim"]
+
+
+def test_flower_sim_gives_the_local_curves(tmp_path, monkeypatch):
+    local, sim = _local_and_sim(SMALL, tmp_path, monkeypatch)
 
     assert [m["round"] for m in sim] == [1, 2]
     assert [m["sampled"] for m in sim] == [m["sampled"] for m in local]
@@ -142,15 +147,7 @@ def test_injected_faults_are_accounted_for_on_flower_sim_as_on_local(tmp_path, m
     leaves out the same devices, for the same reasons, as the local executor."""
     from fedquad.server.faults import CORRUPT, CRASH, DELAY, fault_of
 
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
-    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    results = {}
-    for engine in ("local", "flower-sim"):
-        config = load_config(
-            None, [*FAULTY, f"engine='{engine}'", f"output_dir={tmp_path}", f"run_name={engine}"]
-        )
-        results[engine] = fedquad.run(config).metrics
-    local, sim = results["local"], results["flower-sim"]
+    local, sim = _local_and_sim(FAULTY, tmp_path, monkeypatch)
 
     faults = load_config(None, FAULTY).faults
     kinds = set()
