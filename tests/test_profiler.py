@@ -3,13 +3,15 @@ match real measurements (saved bytes exactly for every (d, q); host step time wi
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from conftest import make_batch
 from fedquad.config import QuantConfig, TrainConfig
 from fedquad.cost.model import CostProfile, saved_bytes, step_seconds
-from fedquad.cost.profiler import ProfileSettings, cached_profile, profile_workload
+from fedquad.cost.profiler import ProfileSettings, StepTiming, cached_profile, profile_workload
 from fedquad.device_config import DeviceConfig
 from fedquad.models.lora import attach_lora, build_structure, get_state
 from fedquad.models.registry import describe_model, load_sequence_classifier
@@ -53,6 +55,19 @@ def test_predicted_saved_bytes_equal_measured_for_every_config(workload):
     full = DeviceConfig(6, 6, bits=8)
     assert saved_bytes(profile, full) < 0.3 * saved_bytes(profile, DeviceConfig(6, 0))
     assert profile.quant_ratio[4] < profile.quant_ratio[8]
+
+
+def test_given_time_terms_are_used_and_the_bytes_still_measured(workload):
+    model, parts, structure = workload
+    args = (model, parts, structure, make_batch(4, 16), TrainConfig(batch_size=4), QuantConfig())
+    measured = profile_workload(*args, ProfileSettings(timed_steps=1))
+    timing = StepTiming(f=1.0, g=2.0, o=3.0, c=4.0, timed=((1, 0, 9.0),))
+    given = profile_workload(*args, ProfileSettings(timed_steps=1), timing=timing)
+    assert (given.f, given.g, given.o, given.c) == (1.0, 2.0, 3.0, 4.0)
+    assert given.extra["timed"] == [[1, 0, 9.0]]
+    assert given.saved_bytes == measured.saved_bytes
+    assert given.saved_bytes_quantized == measured.saved_bytes_quantized
+    assert StepTiming.of(measured).f == measured.f and len(StepTiming.of(measured).timed) == 4
 
 
 def test_profile_counts_lora_and_head_parameters_per_block(workload):
@@ -130,7 +145,7 @@ def _tiny_profile(g: float = 0.1) -> CostProfile:
 def test_cached_profile_measures_once_per_key_and_survives_a_corrupt_entry(tmp_path):
     calls = []
 
-    def measure(g=0.1):
+    def measure(timing, g=0.1):
         calls.append(g)
         return _tiny_profile(g)
 
@@ -139,13 +154,38 @@ def test_cached_profile_measures_once_per_key_and_survives_a_corrupt_entry(tmp_p
     again, same_path, fresh_again = cached_profile(key, measure, tmp_path)
     assert fresh and not fresh_again and path == same_path and first == again
     assert len(calls) == 1
-    _, other, _ = cached_profile({**key, "batch_size": 8}, lambda: measure(0.2), tmp_path)
+    _, other, _ = cached_profile({**key, "batch_size": 8}, lambda t: measure(t, 0.2), tmp_path)
     assert other != path and len(calls) == 2
     path.write_text("{not json")
     repaired, _, measured = cached_profile(key, measure, tmp_path)
     assert measured and repaired == first and len(calls) == 3
     _, _, refreshed = cached_profile(key, measure, tmp_path, refresh=True)
     assert refreshed and len(calls) == 4
+
+
+def test_rank_layouts_of_one_workload_share_the_time_terms_measured_first(tmp_path):
+    """The time terms are measured once per workload: another rank layout measures only its
+    bytes, another batch size times again, and a refresh times again."""
+    given = []
+
+    def measure(timing, g):
+        given.append(timing)
+        profile = _tiny_profile(g)
+        if timing is None:
+            return profile
+        return dataclasses.replace(profile, f=timing.f, g=timing.g, o=timing.o, c=timing.c)
+
+    key = {"model": "m", "batch_size": 4, "ranks": [8, 8]}
+    first, _, _ = cached_profile(key, lambda t: measure(t, 0.1), tmp_path)
+    legend, _, fresh = cached_profile(
+        {**key, "ranks": [16, 8]}, lambda t: measure(t, 0.9), tmp_path
+    )
+    assert fresh and given[0] is None and given[1] == StepTiming(0.1, 0.1, 0.01, 0.2)
+    assert (legend.f, legend.g, legend.o, legend.c) == (first.f, first.g, first.o, first.c)
+    other, _, _ = cached_profile({**key, "batch_size": 8}, lambda t: measure(t, 0.5), tmp_path)
+    assert given[2] is None and other.g == 0.5
+    cached_profile({**key, "ranks": [4, 4]}, lambda t: measure(t, 0.7), tmp_path, refresh=True)
+    assert given[3] is None
 
 
 def test_predicted_saved_bytes_of_fedra_subsets_equal_measured(workload):

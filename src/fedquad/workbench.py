@@ -16,7 +16,13 @@ from peft import PeftModel
 from fedquad.config import ExperimentConfig
 from fedquad.cost.fleet import FleetSpec, Tier, default_fleet, load_fleet
 from fedquad.cost.model import CostProfile
-from fedquad.cost.profiler import ProfileSettings, cached_profile, profile_key, profile_workload
+from fedquad.cost.profiler import (
+    ProfileSettings,
+    StepTiming,
+    cached_profile,
+    profile_key,
+    profile_workload,
+)
 from fedquad.data import load_text_classification, partition_dataset, tokenize_dataset
 from fedquad.data.chat import tokenize_pairs
 from fedquad.data.prompts import load_prompt_data
@@ -279,8 +285,10 @@ def workload_profile(
     )
     batch = next(d for d in bench.device_data if len(d["labels"]))
 
-    def measure() -> CostProfile:
-        return profile_workload(bench.model, parts, structure, batch, train, quant, settings)
+    def measure(timing: StepTiming | None) -> CostProfile:
+        return profile_workload(
+            bench.model, parts, structure, batch, train, quant, settings, timing=timing
+        )
 
     profile, path, measured = cached_profile(key, measure, cache_dir(), refresh)
     return ProfileResult(profile=profile, path=path, measured_now=measured)

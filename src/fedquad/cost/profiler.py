@@ -12,7 +12,9 @@ Everything the cost model needs is measured on this host with the trainer itself
   with every block quantized, fitting ``g``, ``o`` and ``L·f + c``; ``f`` is the mean forward
   time of a frozen block, timed with block hooks.
 
-The profile is cached on disk, keyed by everything it depends on (:func:`profile_key`).
+The profile is cached on disk, keyed by everything it depends on (:func:`profile_key`). The
+time terms are measured once per workload and shared by all its rank layouts (:data:`TIMING_FREE`),
+so the methods of a comparison run on one clock.
 """
 
 from __future__ import annotations
@@ -49,10 +51,42 @@ from fedquad.train.local import train_local
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import HEAD, SavedBytes
 
-PROFILE_VERSION = 4
+PROFILE_VERSION = 5
 """Bump when what the profiler measures changes: old cache entries are then ignored."""
 
+TIMING_FREE = ("ranks",)
+"""Key fields the step times are shared across. A rank of 16 or 24 instead of 8 changed a
+MiniLM step by −1% to +5% (measured interleaved, batch 16, sequence 64, depths 1 and 6), while
+load from other processes changed a fitted time term by up to 2.3x between two measurements
+minutes apart (SST-2 workload: f = 0.035 s idle, 0.078 s beside three other jobs). Timed
+separately, each method's rank layout would carry the load of its own moment into its virtual
+times."""
+
 BITS = (8, 4, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTiming:
+    """A profile's time terms (METHODS.md §3) and the timed steps they were fitted to."""
+
+    f: float
+    g: float
+    o: float
+    c: float
+    timed: tuple[tuple[int, int, float], ...] = ()
+
+    @classmethod
+    def of(cls, profile: CostProfile) -> StepTiming:
+        timed = tuple(tuple(t) for t in profile.extra.get("timed", ()))
+        return cls(profile.f, profile.g, profile.o, profile.c, timed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepTiming:
+        timed = tuple((int(a), int(b), float(t)) for a, b, t in d["timed"])
+        return cls(float(d["f"]), float(d["g"]), float(d["o"]), float(d["c"]), timed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +105,12 @@ def profile_workload(
     train: TrainConfig,
     quant: QuantConfig,
     settings: ProfileSettings | None = None,
+    timing: StepTiming | None = None,
 ) -> CostProfile:
     """Measure the cost profile of training ``structure`` on batches shaped like ``batch``.
 
-    ``batch`` holds ``train.batch_size`` samples padded to the sequence length. The model's
+    ``batch`` holds ``train.batch_size`` samples padded to the sequence length. With ``timing``
+    (the same workload's time terms, measured before) only the bytes are measured. The model's
     federated tensors and the global torch RNG are restored afterwards, so profiling does not
     change the run that follows.
     """
@@ -89,7 +125,10 @@ def profile_workload(
             d: _saved_at_depth(model, parts, structure, batch, train, quant, d)
             for d in range(1, top + 1)
         }
-        times, forward = _time_steps(model, parts, structure, batch, train, quant, settings)
+        if timing is None:
+            timing = _fit_timing(
+                *_time_steps(model, parts, structure, batch, train, quant, settings), num_blocks
+            )
     finally:
         load_state(model, before)
         torch.set_rng_state(rng)
@@ -109,12 +148,6 @@ def profile_workload(
     for bits in settings.bits:
         held = full.quantized_per_block(QuantSpec(bits=bits, group_size=quant.group_size))
         ratio[bits] = sum(held[b] for b in span_blocks) / max(1, unquantized_total)
-    f, g, o, c = fit_times(times, num_blocks, forward_per_block=forward)
-    if c < 0:
-        # A frozen block's forward (timed) can exceed the fitted constant's share: the
-        # embeddings, head and optimizer are then too cheap to separate. Only L·f + c enters
-        # any prediction, so keep that sum and put it all in f.
-        f, c = f + c / num_blocks, 0.0
     lora, head = _param_counts(model, parts, num_blocks)
     return CostProfile(
         num_blocks=num_blocks,
@@ -128,16 +161,28 @@ def profile_workload(
         saved_bytes_bottom=bottom,
         quant_ratio={b: r for b, r in ratio.items() if r > 0},
         head_saved_bytes=full.per_block.get(HEAD, 0),
-        f=f,
-        g=g,
-        o=o,
-        c=c,
+        f=timing.f,
+        g=timing.g,
+        o=timing.o,
+        c=timing.c,
         optimizer_bytes_per_param=0 if train.optimizer == "sgd" else 8,
         saved_bytes_path=path,
         saved_bytes_quantized=quantized,
         saved_bytes_bottom_quantized=quantized_bottom,
-        extra={"timed": [list(t) for t in times], "lora_depth": top},
+        extra={"timed": [list(t) for t in timing.timed], "lora_depth": top},
     )
+
+
+def _fit_timing(
+    times: list[tuple[int, int, float]], forward: float | None, num_blocks: int
+) -> StepTiming:
+    f, g, o, c = fit_times(times, num_blocks, forward_per_block=forward)
+    if c < 0:
+        # A frozen block's forward (timed) can exceed the fitted constant's share: the
+        # embeddings, head and optimizer are then too cheap to separate. Only L·f + c enters
+        # any prediction, so keep that sum and put it all in f.
+        f, c = f + c / num_blocks, 0.0
+    return StepTiming(f, g, o, c, tuple(times))
 
 
 # --------------------------------------------------------------------------- bytes
@@ -318,25 +363,57 @@ def profile_key(**fields: Any) -> dict[str, Any]:
 
 
 def cached_profile(
-    key: dict[str, Any], measure: Callable[[], CostProfile], cache_root: Path, refresh: bool = False
+    key: dict[str, Any],
+    measure: Callable[[StepTiming | None], CostProfile],
+    cache_root: Path,
+    refresh: bool = False,
 ) -> tuple[CostProfile, Path, bool]:
     """The cached profile for ``key``, measured (and stored atomically) when missing.
 
-    Returns ``(profile, path, measured_now)``.
+    ``measure`` is given the time terms already measured for a key that differs only in
+    :data:`TIMING_FREE` fields (``None`` when there are none, or on ``refresh``); the time terms
+    of a profile measured without them are stored for the next. Returns ``(profile, path,
+    measured_now)``.
     """
-    text = json.dumps(key, sort_keys=True, default=str)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = cache_root / "profiles" / f"{digest}.json"
-    if path.exists() and not refresh:
+    path = _entry_path(cache_root / "profiles", key)
+    stored = None if refresh else _read_entry(path, key)
+    if stored is not None:
         try:
-            stored = json.loads(path.read_text())
-            if stored.get("key") == json.loads(text):
-                return CostProfile.from_dict(stored["profile"]), path, False
+            return CostProfile.from_dict(stored), path, False
         except (ValueError, KeyError, TypeError):
-            pass  # unreadable or foreign entry: measure again and overwrite
-    profile = measure()
+            pass  # a foreign entry: measure again and overwrite
+    timing_key = {k: v for k, v in key.items() if k not in TIMING_FREE}
+    timing_path = _entry_path(cache_root / "timings", timing_key)
+    shared = None if refresh else _read_entry(timing_path, timing_key)
+    try:
+        timing = None if shared is None else StepTiming.from_dict(shared)
+    except (ValueError, KeyError, TypeError):
+        timing = None
+    profile = measure(timing)
+    _write_entry(path, key, profile.to_dict())
+    if timing is None:
+        _write_entry(timing_path, timing_key, StepTiming.of(profile).to_dict())
+    return profile, path, True
+
+
+def _entry_path(folder: Path, key: dict[str, Any]) -> Path:
+    text = json.dumps(key, sort_keys=True, default=str)
+    return folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+
+
+def _read_entry(path: Path, key: dict[str, Any]) -> Any:
+    """The value stored at ``path`` for exactly ``key``; ``None`` when missing or unreadable."""
+    try:
+        stored = json.loads(path.read_text())
+        same = stored.get("key") == json.loads(json.dumps(key, sort_keys=True, default=str))
+        return stored["value"] if same else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_entry(path: Path, key: dict[str, Any], value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": json.loads(text), "profile": profile.to_dict()}, indent=1))
+    key_json = json.loads(json.dumps(key, sort_keys=True, default=str))
+    tmp.write_text(json.dumps({"key": key_json, "value": value}, indent=1))
     os.replace(tmp, path)
-    return profile, path, True
