@@ -200,3 +200,30 @@ def test_predicted_saved_bytes_of_fedra_subsets_equal_measured(workload):
         config = DeviceConfig(depth=6 - blocks[0], blocks=blocks)
         measured = _step(workload, batch, config, train).saved.total
         assert saved_bytes(profile, config) == measured, blocks
+
+
+def test_the_methods_rank_layouts_share_one_timing_key(tmp_path):
+    """FedQuad's uniform ranks, LEGEND's and HetLoRA's layouts of one workload differ in their
+    cache keys only by the fields the time terms are shared across."""
+    from fedquad.config import load_config
+    from fedquad.cost.profiler import TIMING_FREE
+    from fedquad.workbench import build_workbench, workload_key
+
+    base = [
+        "data.max_train_samples=64",
+        "data.max_test_samples=16",
+        "model.max_length=16",
+        "federation.num_devices=4",
+        "federation.devices_per_round=2",
+        "fleet.name='uniform'",
+        f"output_dir='{tmp_path}'",
+    ]
+    keys = {
+        method: workload_key(
+            build_workbench(load_config(None, [*base, f"method='{method}'"])), ProfileSettings()
+        )
+        for method in ("fedquad", "legend", "hetlora")
+    }
+    for method in ("legend", "hetlora"):
+        differ = {k for k in keys["fedquad"] if keys[method][k] != keys["fedquad"][k]}
+        assert differ == set(TIMING_FREE), method

@@ -261,12 +261,29 @@ def workload_profile(
     config, parts, structure = bench.config, bench.parts, bench.structure
     settings = settings or ProfileSettings(timed_steps=bench.config.profile.timed_steps)
     train, quant = config.train, config.quant
-    key = profile_key(
+    key = workload_key(bench, settings)
+    batch = next(d for d in bench.device_data if len(d["labels"]))
+
+    def measure(timing: StepTiming | None) -> CostProfile:
+        return profile_workload(
+            bench.model, parts, structure, batch, train, quant, settings, timing=timing
+        )
+
+    profile, path, measured = cached_profile(key, measure, cache_dir(), refresh)
+    return ProfileResult(profile=profile, path=path, measured_now=measured)
+
+
+def workload_key(bench: Workbench, settings: ProfileSettings) -> dict[str, Any]:
+    """The profile cache key of the bench's workload: the rank layout enters only ``ranks``
+    (the model's size is counted without LoRA), so layouts can share the time terms."""
+    config, parts, structure = bench.config, bench.parts, bench.structure
+    train, quant = config.train, config.quant
+    return profile_key(
         model=config.model.name,
         family=parts.family,
         num_blocks=parts.num_blocks,
         hidden_size=parts.hidden_size,
-        params=sum(p.numel() for p in bench.model.parameters()),
+        params=sum(p.numel() for n, p in bench.model.named_parameters() if "lora_" not in n),
         task="sequence-classification" if config.model.task == "classification" else "causal-lm",
         num_labels=len(bench.label_names),
         batch_size=train.batch_size,
@@ -283,12 +300,3 @@ def workload_profile(
         profiled_bits=list(settings.bits),
         timed_steps=settings.timed_steps,
     )
-    batch = next(d for d in bench.device_data if len(d["labels"]))
-
-    def measure(timing: StepTiming | None) -> CostProfile:
-        return profile_workload(
-            bench.model, parts, structure, batch, train, quant, settings, timing=timing
-        )
-
-    profile, path, measured = cached_profile(key, measure, cache_dir(), refresh)
-    return ProfileResult(profile=profile, path=path, measured_now=measured)

@@ -112,10 +112,10 @@ def build_structure(
 def block_linear_targets(parts: ModelParts) -> list[str]:
     """Dotted names (relative to a block) of every linear module of a block: the LoRA targets."""
     return sorted(
-        name
+        name.removesuffix(".base_layer")  # a block already wrapped by PEFT: the wrapped linear
         for name, module in parts.blocks[0].named_modules()
-        # a block already wrapped by PEFT holds its own LoRA linears: those are not targets
-        if isinstance(module, nn.Linear) and "lora_" not in name and "base_layer" not in name
+        # the LoRA factors inside a wrapped block are linears too: not targets
+        if isinstance(module, nn.Linear) and "lora_" not in name
     )
 
 
