@@ -139,6 +139,7 @@ def _tiny_profile(g: float = 0.1) -> CostProfile:
         g=g,
         o=0.01,
         c=0.2,
+        extra={"timed": [[1, 0, 0.5], [2, 0, 0.9]]},
     )
 
 
@@ -180,12 +181,18 @@ def test_rank_layouts_of_one_workload_share_the_time_terms_measured_first(tmp_pa
     legend, _, fresh = cached_profile(
         {**key, "ranks": [16, 8]}, lambda t: measure(t, 0.9), tmp_path
     )
-    assert fresh and given[0] is None and given[1] == StepTiming(0.1, 0.1, 0.01, 0.2)
+    assert (
+        fresh
+        and given[0] is None
+        and given[1] == StepTiming(0.1, 0.1, 0.01, 0.2, ((1, 0, 0.5), (2, 0, 0.9)))
+    )
     assert (legend.f, legend.g, legend.o, legend.c) == (first.f, first.g, first.o, first.c)
     other, _, _ = cached_profile({**key, "batch_size": 8}, lambda t: measure(t, 0.5), tmp_path)
     assert given[2] is None and other.g == 0.5
     cached_profile({**key, "ranks": [4, 4]}, lambda t: measure(t, 0.7), tmp_path, refresh=True)
     assert given[3] is None
+    assert StepTiming(0.1, 0.1, 0.01, 0.2, ((1, 0, 0.5), (3, 0, 0.9))).shareable
+    assert not StepTiming(0.1, 0.0, 0.01, 0.2, ((1, 0, 0.5), (1, 1, 0.6))).shareable
 
 
 def test_predicted_saved_bytes_of_fedra_subsets_equal_measured(workload):

@@ -226,11 +226,15 @@ def test_tensorboard_flag_writes_event_files(tmp_path):
     assert point.value == pytest.approx(read_metrics(run_dir)[0]["test_accuracy"])
 
 
-def test_a_global_lora_depth_of_one_is_profiled_and_trained(tmp_path):
+def test_a_global_lora_depth_of_one_is_profiled_and_trained(tmp_path, monkeypatch):
+    # an empty cache: timed at depth 1 here, not given the time terms of a deeper layout
+    monkeypatch.setenv("FEDQUAD_CACHE", str(tmp_path / "cache"))
     config = load_config(
-        None, [*SMALL, "method='fedquad'", "lora.depth=1", f"output_dir={tmp_path}"]
+        None, [*SMALL, "method='fedquad'", "lora.depth=1", f"output_dir={tmp_path / 'runs'}"]
     )
     result = fedquad.run(config)
     profile = CostProfile.from_dict(json.loads((result.run_dir / "cost_profile.json").read_text()))
     assert profile.g == 0.0 and step_seconds(profile, DeviceConfig(1)) > 0
+    # one depth cannot tell g from c: that fit is not offered to deeper layouts
+    assert not list((tmp_path / "cache" / "timings").glob("*.json"))
     assert all(d["depth"] == 1 for m in result.metrics for d in m["devices"])

@@ -80,6 +80,12 @@ class StepTiming:
         timed = tuple(tuple(t) for t in profile.extra.get("timed", ()))
         return cls(profile.f, profile.g, profile.o, profile.c, timed)
 
+    @property
+    def shareable(self) -> bool:
+        """Fitted over at least two depths: a fit over one (a global LoRA depth of 1) cannot
+        tell ``g`` from ``c``, so it must not serve deeper layouts."""
+        return len({depth for depth, _, _ in self.timed}) >= 2
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -391,7 +397,7 @@ def cached_profile(
         timing = None
     profile = measure(timing)
     _write_entry(path, key, profile.to_dict())
-    if timing is None:
+    if timing is None and StepTiming.of(profile).shareable:
         _write_entry(timing_path, timing_key, StepTiming.of(profile).to_dict())
     return profile, path, True
 
