@@ -29,7 +29,13 @@ from fedquad.data.prompts import load_prompt_data
 from fedquad.engines.local import TensorData
 from fedquad.errors import FedquadError
 from fedquad.models.causal_lm import keep_answer_logits
-from fedquad.models.lora import LoraStructure, attach_lora, block_linear_targets, build_structure
+from fedquad.models.lora import (
+    LoraStructure,
+    attach_lora,
+    block_linear_targets,
+    build_structure,
+    is_lora_param,
+)
 from fedquad.models.registry import (
     ModelParts,
     cache_dir,
@@ -283,7 +289,7 @@ def workload_key(bench: Workbench, settings: ProfileSettings) -> dict[str, Any]:
         family=parts.family,
         num_blocks=parts.num_blocks,
         hidden_size=parts.hidden_size,
-        params=sum(p.numel() for n, p in bench.model.named_parameters() if "lora_" not in n),
+        params=sum(p.numel() for n, p in bench.model.named_parameters() if not is_lora_param(n)),
         task="sequence-classification" if config.model.task == "classification" else "causal-lm",
         num_labels=len(bench.label_names),
         batch_size=train.batch_size,

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -63,6 +63,8 @@ separately, each method's rank layout would carry the load of its own moment int
 times."""
 
 BITS = (8, 4, 2)
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,37 +384,36 @@ def cached_profile(
     measured_now)``.
     """
     path = _entry_path(cache_root / "profiles", key)
-    stored = None if refresh else _read_entry(path, key)
+    stored = None if refresh else _read_entry(path, key, CostProfile.from_dict)
     if stored is not None:
-        try:
-            return CostProfile.from_dict(stored), path, False
-        except (ValueError, KeyError, TypeError):
-            pass  # a foreign entry: measure again and overwrite
+        return stored, path, False
     timing_key = {k: v for k, v in key.items() if k not in TIMING_FREE}
     timing_path = _entry_path(cache_root / "timings", timing_key)
-    shared = None if refresh else _read_entry(timing_path, timing_key)
-    try:
-        timing = None if shared is None else StepTiming.from_dict(shared)
-    except (ValueError, KeyError, TypeError):
-        timing = None
+    timing = None if refresh else _read_entry(timing_path, timing_key, StepTiming.from_dict)
     profile = measure(timing)
     _write_entry(path, key, profile.to_dict())
-    if timing is None and StepTiming.of(profile).shareable:
-        _write_entry(timing_path, timing_key, StepTiming.of(profile).to_dict())
+    measured = StepTiming.of(profile)
+    if timing is None and measured.shareable:
+        _write_entry(timing_path, timing_key, measured.to_dict())
     return profile, path, True
 
 
+def _json_key(key: dict[str, Any]) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
+
+
 def _entry_path(folder: Path, key: dict[str, Any]) -> Path:
-    text = json.dumps(key, sort_keys=True, default=str)
-    return folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    return folder / f"{hashlib.sha256(_json_key(key).encode()).hexdigest()[:16]}.json"
 
 
-def _read_entry(path: Path, key: dict[str, Any]) -> Any:
-    """The value stored at ``path`` for exactly ``key``; ``None`` when missing or unreadable."""
+def _read_entry(path: Path, key: dict[str, Any], parse: Callable[[Any], T]) -> T | None:
+    """The value stored at ``path`` for exactly ``key``, parsed; ``None`` when missing,
+    unreadable or foreign (it is then measured again and overwritten)."""
     try:
         stored = json.loads(path.read_text())
-        same = stored.get("key") == json.loads(json.dumps(key, sort_keys=True, default=str))
-        return stored["value"] if same else None
+        if stored.get("key") != json.loads(_json_key(key)):
+            return None
+        return parse(stored["value"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -420,6 +421,5 @@ def _read_entry(path: Path, key: dict[str, Any]) -> Any:
 def _write_entry(path: Path, key: dict[str, Any], value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    key_json = json.loads(json.dumps(key, sort_keys=True, default=str))
-    tmp.write_text(json.dumps({"key": key_json, "value": value}, indent=1))
+    tmp.write_text(json.dumps({"key": json.loads(_json_key(key)), "value": value}, indent=1))
     os.replace(tmp, path)
