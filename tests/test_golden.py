@@ -1,0 +1,90 @@
+"""Behaviour held fixed across refactors: short fixed-seed runs on a given cost profile whose
+``metrics.jsonl``, host-time fields removed, must stay byte-identical to the recorded files.
+
+A change that is meant to alter results re-records them (``python tests/test_golden.py``) in a
+commit that says why.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import fedquad
+import fedquad.api
+from fedquad.config import load_config
+from fedquad.cost.model import CostProfile
+from fedquad.report.results import read_metrics
+
+GOLDEN = Path(__file__).parent / "golden"
+METHODS = ("fedquad", "legend", "hetlora")
+SHORT = [
+    "data.max_train_samples=240",
+    "data.max_test_samples=64",
+    "model.max_length=32",
+    "federation.rounds=3",
+    "federation.num_devices=6",
+    "federation.devices_per_round=3",
+    "train.local_steps=2",
+    "train.batch_size=8",
+    "seed=0",
+]
+HOST_FIELDS = ("host_seconds", "host_seconds_total", "median_step_seconds")
+
+
+def without_host_fields(record: dict) -> dict:
+    out = {k: v for k, v in record.items() if k not in HOST_FIELDS}
+    out["devices"] = [
+        {k: v for k, v in d.items() if k not in HOST_FIELDS} for d in record["devices"]
+    ]
+    return out
+
+
+def golden_lines(method: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The run's metrics without host fields, one JSON line per round, on the recorded profile."""
+    profile = CostProfile.from_dict(json.loads((GOLDEN / f"{method}.profile.json").read_text()))
+    monkeypatch.setattr(
+        fedquad.api, "workload_profile", lambda bench: SimpleNamespace(profile=profile)
+    )
+    config = load_config(None, [f"method='{method}'", *SHORT, f"output_dir={out}", "run_name=g"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # every reduction splits its work the same way
+    try:
+        result = fedquad.run(config)
+    finally:
+        torch.set_num_threads(threads)
+    return "".join(
+        json.dumps(without_host_fields(m), sort_keys=True) + "\n"
+        for m in read_metrics(result.run_dir)
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_metrics_match_the_recorded_run(method, tmp_path, monkeypatch):
+    assert golden_lines(method, tmp_path, monkeypatch) == (GOLDEN / f"{method}.jsonl").read_text()
+
+
+def _record() -> None:
+    """Re-record every golden file (and the profile it runs on, if missing)."""
+    import tempfile
+
+    from fedquad.workbench import build_workbench, workload_profile
+
+    for method in METHODS:
+        with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+            profile_path = GOLDEN / f"{method}.profile.json"
+            if not profile_path.exists():
+                config = load_config(None, [f"method='{method}'", *SHORT, "profile.timed_steps=1"])
+                profile = workload_profile(build_workbench(config)).profile
+                profile_path.write_text(json.dumps(profile.to_dict(), indent=1, sort_keys=True))
+            (GOLDEN / f"{method}.jsonl").write_text(golden_lines(method, Path(tmp), mp))
+            print(f"recorded {method}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    _record()
