@@ -114,7 +114,7 @@ class TrainConfig:
 
 @dataclass
 class QuantConfig:
-    """Activation quantization of the tensors saved for backward (METHODS.md §2)."""
+    """Activation quantization of the tensors saved for backward (docs/methods.md §2)."""
 
     bits: int = 8
     """8, 4 or 2 bits per code."""
@@ -168,7 +168,7 @@ class FederationConfig:
 
 @dataclass
 class FleetConfig:
-    """The simulated devices (METHODS.md §6)."""
+    """The simulated devices (docs/methods.md §6)."""
 
     name: str = "default"
     """``default`` (small/medium/large tiers 30/40/10), ``uniform`` (identical devices as fast
@@ -181,7 +181,7 @@ class FleetConfig:
 
 @dataclass
 class PlannerConfig:
-    """Options of the planners (METHODS.md §4); each applies to the methods named."""
+    """Options of the planners (docs/methods.md §4); each applies to the methods named."""
 
     min_depth: int = 1
     """``d_min`` (fedquad, legend, joint, fedquad-noquant)."""
