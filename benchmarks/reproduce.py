@@ -5,10 +5,10 @@ and on the embedded fine-food reviews. Writes each comparison's table (``compari
 
     .venv/bin/python benchmarks/reproduce.py [--datasets sst2,fine-foods] [--set key=value ...]
 
-Budget (METHODS.md §7): one dataset's comparison within an hour on a 2-core CPU. The settings
+Budget (docs/methods.md §7): one dataset's comparison within an hour on a 2-core CPU. The settings
 below were chosen for that: sequence length 64 (SST-2 sentences fit), batch 16, 16 local steps,
 5 of the 80 devices per round for 12 rounds, 20,000 training sentences, evaluation every round,
-and Dirichlet label skew with alpha = 10. At alpha = 1 (METHODS.md's default) five sampled
+and Dirichlet label skew with alpha = 10. At alpha = 1 (docs/methods.md's default) five sampled
 devices of a two-label task often hold mostly one label between them, and the global head
 flipped between predicting all-positive and all-negative from round to round (measured with
 FedLoRA at 4 and 16 local steps: test accuracy jumping between 0.49 and 0.75), so no crossing

@@ -1,4 +1,4 @@
-"""Capacity estimation (METHODS.md §3): per-device moving averages of what devices report."""
+"""Capacity estimation (docs/methods.md §3): per-device moving averages of what devices report."""
 
 from __future__ import annotations
 

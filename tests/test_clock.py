@@ -1,4 +1,4 @@
-"""Virtual clock (METHODS.md §6): a round lasts as long as its slowest device (§3 round time)."""
+"""Virtual clock (docs/methods.md §6): a round is as long as its slowest device (§3 round time)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cost model (METHODS.md §3) on hand-made profiles: exact bytes, linear times, calibration."""
+"""Cost model (docs/methods.md §3) on hand-made profiles: exact bytes, linear times, calibration."""
 
 from __future__ import annotations
 

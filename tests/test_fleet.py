@@ -1,4 +1,4 @@
-"""Fleet files (METHODS.md §6): defaults, TOML round trip, one-line errors, seeded draws."""
+"""Fleet files (docs/methods.md §6): defaults, TOML round trip, one-line errors, seeded draws."""
 
 from __future__ import annotations
 

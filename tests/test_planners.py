@@ -1,4 +1,4 @@
-"""Planners (METHODS.md §4) on hand-made profiles and fleets: properties that must hold for every
+"""Planners (docs/methods.md §4) on hand-made profiles and fleets: properties that hold for every
 plan, checked over many random rounds. Pure: no model is loaded."""
 
 from __future__ import annotations

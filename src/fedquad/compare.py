@@ -2,7 +2,7 @@
 
 Each method runs with the same seed, data partition, fleet and rounds (only ``method`` differs),
 into its own sub-directory of one fresh comparison directory under ``output_dir``. The target
-accuracy is decided after all runs (METHODS.md §7), from their metrics.
+accuracy is decided after all runs (docs/methods.md §7), from their metrics.
 """
 
 from __future__ import annotations

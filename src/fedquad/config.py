@@ -63,13 +63,17 @@ class DataConfig:
     test_fraction: float = 0.2
     """Hold-out fraction when the dataset has no test split."""
     max_train_samples: int | None = None
+    """Use at most this many training examples, drawn with the run's seed (default: all)."""
     max_test_samples: int | None = None
+    """Evaluate on at most this many test examples, drawn with the run's seed (default: all)."""
     partition: str = "dirichlet"
     """How the training set is split across devices: iid, dirichlet (label skew) or shards."""
     alpha: float = 1.0
     """Dirichlet concentration: smaller means more label skew."""
     shards_per_partition: int = 2
+    """Label-sorted shards each device gets (``partition = "shards"``)."""
     min_partition_size: int = 10
+    """The Dirichlet split is redrawn until every device has at least this many examples."""
 
 
 @dataclass
@@ -77,7 +81,9 @@ class LoraConfig:
     depth: int | None = None
     """Global LoRA depth D: the top D blocks carry LoRA (default: every block)."""
     rank: int = 8
+    """Uniform LoRA rank ``r`` of every LoRA block (when `ranks` is not given)."""
     alpha: float = 16.0
+    """PEFT's ``lora_alpha``: a LoRA module of rank ``r_l`` is scaled by ``alpha / r_l``."""
     dropout: float = 0.0
     """LoRA dropout. Off by default: on a CPU each LoRA layer's dropout mask costs about as much
     as the layer (0.84 → 0.56 s per MiniLM step at batch 16, sequence 64)."""
@@ -88,25 +94,32 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     local_steps: int = 10
+    """Local optimizer steps ``τ`` per device per round."""
     batch_size: int = 16
+    """Examples per local training step."""
     lr: float = 1e-3
+    """Learning rate of the LoRA parameters."""
     head_lr: float | None = None
     """Learning rate of the task head (default: `lr`)."""
     optimizer: str = "adamw"
+    """Local optimizer: adamw or sgd (plain SGD, no optimizer state)."""
     weight_decay: float = 0.0
+    """Weight decay of the local optimizer."""
     frozen_prefix_eval: bool = True
     """Run the embeddings and the frozen blocks below a device's span without dropout: they are
     not trained on that device, and CPU dropout masks are a large share of a step."""
     eval_batch_size: int = 64
+    """Examples per batch when the server evaluates the global model."""
 
 
 @dataclass
 class QuantConfig:
-    """Activation quantization of the tensors saved for backward (METHODS.md §2)."""
+    """Activation quantization of the tensors saved for backward (docs/methods.md §2)."""
 
     bits: int = 8
     """8, 4 or 2 bits per code."""
     group_size: int = 128
+    """Elements per quantization group (one scale and minimum each) along the flattened tensor."""
     position: str = "bottom"
     """Which blocks of a device's span are quantized: the lowest q (bottom) or the highest (top)."""
     min_numel: int = 1024
@@ -119,11 +132,14 @@ class QuantConfig:
 @dataclass
 class FederationConfig:
     rounds: int = 20
+    """Federated rounds to run."""
     num_devices: int | None = None
     """Devices in the fleet (default: the fleet's own count; the built-in fleets have 80)."""
     devices_per_round: int | None = None
     """Devices sampled per round (default: the fleet's ``per_round``; 10 for the built-in ones)."""
     eval_every: int = 1
+    """Rounds between evaluations of the global model on the test set (the last round is always
+    evaluated)."""
     weighting: str = "samples"
     """Aggregation weights: by sample count, or uniform."""
     target_accuracy: float | None = None
@@ -152,7 +168,7 @@ class FederationConfig:
 
 @dataclass
 class FleetConfig:
-    """The simulated devices (METHODS.md §6)."""
+    """The simulated devices (docs/methods.md §6)."""
 
     name: str = "default"
     """``default`` (small/medium/large tiers 30/40/10), ``uniform`` (identical devices as fast
@@ -165,7 +181,7 @@ class FleetConfig:
 
 @dataclass
 class PlannerConfig:
-    """Options of the planners (METHODS.md §4); each applies to the methods named."""
+    """Options of the planners (docs/methods.md §4); each applies to the methods named."""
 
     min_depth: int = 1
     """``d_min`` (fedquad, legend, joint, fedquad-noquant)."""
@@ -200,10 +216,15 @@ class FaultConfig:
     (it then retries once with the server's cheaper fallback config)."""
 
     crash_probability: float = 0.0
+    """Chance that a device crashes mid-round and sends no update."""
     delay_probability: float = 0.0
+    """Chance that a device straggles ``delay_factor`` times slower than its profile."""
     delay_factor: float = 3.0
+    """How many times slower a straggling device is."""
     corrupt_probability: float = 0.0
+    """Chance that a device sends NaN in its update."""
     oom_probability: float = 0.0
+    """Chance that a device runs out of memory in its first training attempt."""
 
 
 @dataclass
@@ -239,11 +260,17 @@ class FlowerConfig:
 @dataclass
 class ExperimentConfig:
     method: str = "fedquad"
+    """The federated method: fedquad, legend, joint, fedlora, hetlora, flexlora, fedra or
+    fedquad-noquant."""
     engine: str = "local"
+    """Where devices train: local (in this process), flower-sim (Flower's Simulation Engine) or
+    flower (a real federation on Flower's Deployment Engine)."""
     seed: int = 0
+    """Seed of everything random in a run: data split, fleet draws, sampling, training."""
     output_dir: str = "runs"
     """Each run writes into a fresh sub-directory of this one."""
     run_name: str | None = None
+    """Name of the run's sub-directory (default: time stamp, method, data, model and seed)."""
     tensorboard: bool = False
     """Also log per-round scalars for TensorBoard under the run's ``tensorboard/``."""
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,4 +1,4 @@
-"""Aggregation rules (METHODS.md §5).
+"""Aggregation rules (docs/methods.md §5).
 
 ``perlayer`` (default): each tensor's weighted mean over the devices that trained it.
 ``zeropad`` (HetLoRA) and ``svd`` (FlexLoRA): for devices that train rank truncations of the

@@ -1,4 +1,4 @@
-"""Cost model (METHODS.md §3) and fleet / virtual-clock inputs (§6): pure, no torch needed."""
+"""Cost model (docs/methods.md §3) and fleet / virtual-clock inputs (§6): pure, no torch needed."""
 
 from fedquad.cost.fleet import (
     Device,

@@ -1,4 +1,4 @@
-"""The simulated fleet of METHODS.md §6: tiers from a TOML file, devices and bandwidths per round.
+"""The simulated fleet of docs/methods.md §6: tiers from a TOML file, devices, bandwidths per round.
 
 Units in the fleet file: bandwidths in MB/s (10^6 bytes per second, not megabits), absolute
 memory in MiB (2^20 bytes), fractional memory as a multiple of the workload's full-depth,
@@ -94,7 +94,7 @@ class FleetSpec:
 
 
 def default_fleet() -> FleetSpec:
-    """METHODS.md §6: 30/40/10 small/medium/large boards, speed 1 : 1.85 : 2.66, 10 per round."""
+    """docs/methods.md §6: 30/40/10 small/medium/large boards, speed 1:1.85:2.66, 10 per round."""
     return FleetSpec(
         tiers=(
             Tier(name="small", count=30, slowdown=2.66, memory=0.4),

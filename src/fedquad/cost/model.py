@@ -1,4 +1,4 @@
-"""The cost model of METHODS.md §3: memory, step time, communication and round time of a config.
+"""The cost model of docs/methods.md §3: memory, step time, communication, round time of a config.
 
 Everything here is a pure function of a :class:`CostProfile` (measured once on the host per model,
 task, batch, sequence length and LoRA structure) and a device config ``(d, q)``. Blocks are indexed
@@ -246,7 +246,7 @@ def _saved_of(
 
 
 def memory_bytes(profile: CostProfile, config: DeviceConfig) -> int:
-    """``M_i(d, q)``: peak bytes of a device training ``config`` (METHODS.md §3).
+    """``M_i(d, q)``: peak bytes of a device training ``config`` (docs/methods.md §3).
 
     The head's weights are counted in ``W`` like the base model's; §3 charges no gradient or
     optimizer state for the head.

@@ -1,4 +1,4 @@
-"""The profiler of METHODS.md §3: measure a workload's cost profile with real training steps.
+"""The profiler of docs/methods.md §3: measure a workload's cost profile with real training steps.
 
 Everything the cost model needs is measured on this host with the trainer itself
 (:func:`fedquad.train.local.train_local`), so the model predicts what the trainer does:
@@ -69,7 +69,7 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True)
 class StepTiming:
-    """A profile's time terms (METHODS.md §3) and the timed steps they were fitted to."""
+    """A profile's time terms (docs/methods.md §3) and the timed steps they were fitted to."""
 
     f: float
     g: float

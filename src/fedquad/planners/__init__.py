@@ -1,4 +1,4 @@
-"""Planners: pure functions from the round's devices to each device's config (METHODS.md §4)."""
+"""Planners: pure functions from a round's devices to each device's config (docs/methods.md §4)."""
 
 from fedquad.planners.base import Plan, PlanContext
 from fedquad.planners.methods import METHODS, fallback_config, global_ranks, method, plan_round

@@ -1,4 +1,4 @@
-"""What every planner plans against, and the memory test every method shares (METHODS.md §4, §6).
+"""What every planner plans against, and the memory test all methods share (docs/methods.md §4, §6).
 
 A planner is a pure function of the sampled devices' estimates, the workload's cost profile and
 the round's random generator: no I/O, no model.
@@ -83,7 +83,7 @@ class PlanContext:
         return self.cost(config).memory <= self.limit(device)
 
     def round_seconds(self, device: Device, config: DeviceConfig) -> float:
-        """``T_i = τ·σ·t(d,q) + down/β_down + up/β_up`` (METHODS.md §3)."""
+        """``T_i = τ·σ·t(d,q) + down/β_down + up/β_up`` (docs/methods.md §3)."""
         c = self.cost(config)
         compute = self.local_steps * device.slowdown * c.step_seconds
         return compute + c.down / device.downlink + c.up / device.uplink

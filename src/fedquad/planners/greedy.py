@@ -1,4 +1,4 @@
-"""FedQuad's planner (METHODS.md §4.1): the feasible-and-efficient set, then the greedy choice.
+"""FedQuad's planner (docs/methods.md §4.1): the feasible-and-efficient set, then the greedy choice.
 
 LEGEND's depth choice (§4.2) is the same with ``q ≡ 0``.
 """

@@ -1,4 +1,4 @@
-"""Every method's planner (METHODS.md §4), and what else a method decides: its global LoRA
+"""Every method's planner (docs/methods.md §4), and what else a method decides: its global LoRA
 structure and its aggregation rule."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def _largest_depth(device: Device, ctx: PlanContext) -> int | None:
 class Method:
     planner: Planner
     aggregation: str
-    """``perlayer``, ``zeropad`` or ``svd`` (METHODS.md §5)."""
+    """``perlayer``, ``zeropad`` or ``svd`` (docs/methods.md §5)."""
     structure: str
     """``uniform`` (rank ``r`` on ``lora.depth`` blocks), ``legend`` (LEGEND's rank
     distribution over its ``D``) or ``rank-max`` (the largest HetLoRA rank everywhere)."""

@@ -1,4 +1,4 @@
-"""LEGEND's rank distribution over the top ``D`` blocks (METHODS.md §4.2)."""
+"""LEGEND's rank distribution over the top ``D`` blocks (docs/methods.md §4.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a comparison of methods reports (METHODS.md §7), computed from per-round metrics alone.
+"""What a comparison of methods reports (docs/methods.md §7), computed from per-round metrics alone.
 
 Pure functions over the records ``metrics.jsonl`` holds: time to target, speed-ups, peak memory
 per tier, per-tier choices over rounds, and the table built from them (Markdown, rich, JSON).

@@ -1,4 +1,4 @@
-"""Capacity estimation of METHODS.md §3: plan each round from what devices measured before.
+"""Capacity estimation of docs/methods.md §3: plan each round from what devices measured before.
 
 After a round every trained device reports its measured step time, transfer rates and (when
 metered) saved bytes. The server keeps, per device, an exponential moving average

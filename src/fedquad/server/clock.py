@@ -1,4 +1,4 @@
-"""The virtual clock of METHODS.md §6: each synchronous round advances time by ``T^h = max_i T_i``.
+"""The virtual clock of docs/methods.md §6: each synchronous round adds ``T^h = max_i T_i``.
 
 Times come from the cost model (§3) and each device's slowdown and bandwidths, never from the
 host's wall clock. Torch-free, like the cost package it builds on.

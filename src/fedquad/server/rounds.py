@@ -2,7 +2,7 @@
 
 Each round the fleet's devices are drawn for the round (bandwidth, availability), the planner
 plans from the server's capacity estimates, the executor trains, and the virtual clock advances
-by the slowest trained device's round time ``T^h`` (METHODS.md §3, §6), computed from the
+by the slowest trained device's round time ``T^h`` (docs/methods.md §3, §6), computed from the
 measured host cost profile and each device's true slowdown and bandwidth. Host wall-clock time
 is recorded beside it.
 """
