@@ -1,5 +1,5 @@
 """Reproduce the papers' claims on this machine: every method on the default fleet, same seed,
-partition and rounds, on SST-2 (when ``../shared/data/sst2`` or ``$FEDQUAD_SST2_DIR`` is there)
+partition and rounds, on SST-2 (when ``$FEDQUAD_SST2_DIR`` or ``--sst2-dir`` names its directory)
 and on the embedded fine-food reviews. Writes each comparison's table (``comparison.md``,
 ``comparison.json``) and plots into ``benchmarks/results/<dataset>/``.
 
@@ -20,6 +20,7 @@ default. More rounds or devices per round give steadier curves at a proportional
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -73,10 +74,13 @@ def main() -> None:
     parser.add_argument("--datasets", default="sst2,fine-foods")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--sst2-dir", help="GLUE SST-2 directory (default: $FEDQUAD_SST2_DIR)")
     args = parser.parse_args()
+    if args.sst2_dir:
+        os.environ["FEDQUAD_SST2_DIR"] = args.sst2_dir
     for name in args.datasets.split(","):
         if name == "sst2" and not _sst2_present():
-            print("sst2: no data (../shared/data/sst2 or $FEDQUAD_SST2_DIR): skipped")
+            print("sst2: no data (set $FEDQUAD_SST2_DIR or --sst2-dir): skipped")
             continue
         work = Path(tempfile.mkdtemp(prefix=f"fedquad-reproduce-{name}-"))
         config = load_config(

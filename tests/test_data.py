@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 from pathlib import Path
 
 import datasets
@@ -16,7 +17,6 @@ from fedquad.data import (
     TextClassificationData,
     load_text_classification,
     partition_dataset,
-    sources,
     tokenize_dataset,
 )
 from fedquad.errors import FedquadError
@@ -158,9 +158,8 @@ def test_invalid_options_are_rejected(kwargs, shown):
 @pytest.mark.skipif(
     not (SHARED_SST2 / "train.tsv").is_file(), reason="shared SST-2 data not present"
 )
-def test_sst2_found_next_to_the_repository(monkeypatch, tmp_path):
-    monkeypatch.delenv("FEDQUAD_SST2_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)  # only the repository-relative lookup can find it
+@pytest.mark.skipif("FEDQUAD_SST2_DIR" not in os.environ, reason="GLUE SST-2 not given")
+def test_sst2_loads_the_glue_splits_from_the_variable():
     data = load_text_classification("sst2")
     assert (len(data.train), len(data.test)) == (67349, 872)
     assert data.label_names == ["0", "1"]
@@ -191,7 +190,7 @@ def test_sst2_env_var_pointing_nowhere(monkeypatch, tmp_path):
 
 def test_sst2_missing_tells_to_set_env_var(monkeypatch, tmp_path):
     monkeypatch.delenv("FEDQUAD_SST2_DIR", raising=False)
-    monkeypatch.setattr(sources, "_sst2_search_dirs", lambda: [tmp_path / "absent"])
+    monkeypatch.chdir(tmp_path)  # no directory is searched: only the variable counts
     with pytest.raises(FedquadError) as excinfo:
         load_text_classification("sst2")
     assert "set FEDQUAD_SST2_DIR" in one_line_error(excinfo)

@@ -30,7 +30,6 @@ BUILTIN_DATASETS: dict[str, str] = {
 FILE_FORMATS: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _TEST_STEMS = ("test", "dev", "validation")
 _SST2_ENV = "FEDQUAD_SST2_DIR"
-_SST2_RELATIVE = Path("..") / "shared" / "data" / "sst2"
 
 
 @dataclass
@@ -193,12 +192,6 @@ def _load_fine_foods() -> _RawSplits:
     return _RawSplits(frame("training_data"), frame("testing_data"))
 
 
-def _sst2_search_dirs() -> list[Path]:
-    """Candidate SST-2 directories after the env var: ../shared/data/sst2 from cwd and repo."""
-    bases = [Path.cwd(), *Path(__file__).resolve().parents]
-    return [base / _SST2_RELATIVE for base in bases]
-
-
 def _has_sst2(directory: Path) -> bool:
     return (directory / "train.tsv").is_file() and (directory / "dev.tsv").is_file()
 
@@ -210,9 +203,6 @@ def _find_sst2_dir() -> Path:
         if not _has_sst2(directory):
             raise FedquadError(f"{_SST2_ENV}='{env}' does not contain train.tsv and dev.tsv")
         return directory
-    for directory in _sst2_search_dirs():
-        if _has_sst2(directory):
-            return directory.resolve()
     raise FedquadError(
         f"SST-2 data not found; set {_SST2_ENV} to a directory holding GLUE's train.tsv and dev.tsv"
     )
