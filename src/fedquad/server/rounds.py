@@ -87,12 +87,6 @@ class RoundsOutcome:
     capacity: CapacityEstimator = field(default_factory=CapacityEstimator)
 
 
-def sample_devices(num_devices: int, per_round: int, seed: int, round_index: int) -> list[int]:
-    """Uniform sample without replacement, seeded per round (independent of method)."""
-    rng = np.random.default_rng([seed, round_index])
-    return sorted(int(i) for i in rng.choice(num_devices, size=per_round, replace=False))
-
-
 def device_seed(seed: int, round_index: int, device: int) -> int:
     """The training seed of one device in one round: distinct for every (round, device)."""
     return int(np.random.SeedSequence([seed, round_index, device]).generate_state(1)[0])
