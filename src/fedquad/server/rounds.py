@@ -1,17 +1,19 @@
-"""The server's round logic: sample → plan → send → receive → aggregate → evaluate → record.
+"""The server's round loop, split as a federated strategy is: configure, train, aggregate.
 
-Each round the fleet's devices are drawn for the round (bandwidth, availability), the planner
-plans from the server's capacity estimates, the executor trains, and the virtual clock advances
-by the slowest trained device's round time ``T^h`` (METHODS.md §3, §6), computed from the
-measured host cost profile and each device's true slowdown and bandwidth. Host wall-clock time
-is recorded beside it.
+:func:`configure_round` samples the fleet's devices for the round (bandwidth, availability), has
+the method's planner plan from the server's capacity estimates and writes each planned device's
+instruction. The executor trains. :func:`aggregate_round` accounts for the replies (error
+replies, deadline misses, out-of-memory retries, rejected updates), aggregates the rest,
+advances the virtual clock by the round time ``T^h`` (docs/methods.md §3, §6: from the measured
+host cost profile and each device's true slowdown and bandwidth) and updates the capacity
+estimates; it returns the round's :class:`~fedquad.server.records.RoundRecord`.
+:func:`run_rounds` only calls them, evaluates, records host wall-clock time and checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from fedquad.server.checkpoint import Checkpoint
 from fedquad.server.clock import RoundTiming, VirtualClock, time_round
 from fedquad.server.faults import fault_of
 from fedquad.server.messages import Executor, TrainInstruction, TrainReply
+from fedquad.server.records import DeviceRecord, RoundRecord
 from fedquad.server.validate import norm_outliers, update_distance, update_problem
 
 _PLANNER_STREAM = 3
@@ -81,6 +84,9 @@ def settings_for(config: ExperimentConfig) -> RoundSettings:
 
 @dataclass
 class RoundsOutcome:
+    """The server's state as the rounds go (the global model, clock and capacity estimates),
+    and the metrics of every round run."""
+
     state: State
     metrics: list[dict[str, Any]] = field(default_factory=list)
     clock: VirtualClock = field(default_factory=VirtualClock)
@@ -173,114 +179,176 @@ def run_rounds(
         state=state, capacity=CapacityEstimator(gamma=settings.fleet.capacity_gamma)
     )
     planner = RoundPlanner(settings, fleet, profile, lora_depth, executor.device_samples())
-    rule = method(settings.method).aggregation
     host_total, first = 0.0, 1
     if resume is not None:
         outcome.state, outcome.clock, outcome.capacity = resume.state, resume.clock, resume.capacity
         host_total, first = resume.host_seconds, resume.round + 1
-    for r in range(first, settings.federation.rounds + 1):
+    fed = settings.federation
+    for r in range(first, fed.rounds + 1):
         start = time.perf_counter()
-        planned = planner.plan(r, outcome.capacity)
-        devices, sampled, plan = planned.devices, planned.sampled, planned.plan
-        instructions = [
-            TrainInstruction(
-                device_id=d,
-                round=r,
-                config=cfg,
-                tensors=device_tensors(outcome.state, cfg, profile.num_blocks),
-                seed=device_seed(settings.seed, r, d),
-                fault=fault_of(settings.faults, settings.seed, r, d),
-                delay_factor=settings.faults.delay_factor,
-                fallback=fallback_config(settings.method, planned.estimates[d], planner.ctx, cfg),
-            )
-            for d, cfg in plan.configs.items()
-        ]
-        sent = {ins.device_id: ins for ins in instructions}
-        received = executor.train(instructions)
-        dropped = {r.device_id: r.error for r in received if r.error is not None}
-        arrived = [r for r in received if r.error is None]
-        worked = {r.device_id: devices[r.device_id] for r in arrived}
-        configs = {r.device_id: trained_config(r, sent[r.device_id]) for r in arrived}
-        deadline = round_deadline(settings, planner.ctx, planned)
-        delays = {r.device_id: _delay(r) for r in arrived if _delay(r) != 1.0}
-        # An out-of-memory retry is charged the failed attempt's first local step (where the
-        # error surfaces: saved activations peak in the first step) on top of the retry's own
-        # round; the global model was downloaded once.
-        failed = {
-            d: step_seconds(profile, sent[d].config, worked[d].slowdown) * delays.get(d, 1.0)
-            for d in worked
-            if configs[d] != sent[d].config
-        }
-        timing = time_round(
-            profile, configs, worked, settings.local_steps, deadline, delays, failed
-        )
-        for d in timing.late:
-            dropped[d] = (
-                f"missed the deadline: {timing.devices[d].total:.1f} s > {deadline or 0:.1f} s"
-            )
-        on_time = [r for r in arrived if r.device_id not in timing.late]
-        replies, rejected = _accepted(on_time, configs, outcome.state, settings, profile.num_blocks)
-        updates = [Update(reply.tensors, reply.num_samples) for reply in replies]
-        if settings.federation.robust != "none":
-            outcome.state = aggregate_robust(
-                outcome.state,
-                updates,
-                settings.federation.robust,
-                settings.federation.trim_fraction,
-            )
-        else:
-            outcome.state = aggregate(rule, outcome.state, updates, settings.federation.weighting)
-        outcome.clock.advance(timing)
-        outcome.capacity.observe_round(len(plan.configs), len(replies))
-        for reply in arrived:
-            outcome.capacity.observe(_report(profile, configs, worked, reply), profile)
-        out_of_memory = {r.device_id: r for r in received if "oom_retry" in r.measurements}
-        for d, reply in out_of_memory.items():
-            failed_memory = min(planner.ctx.cost(c).memory for c in _failed_configs(reply, sent[d]))
-            outcome.capacity.observe_out_of_memory(d, failed_memory)
-        record: dict[str, Any] = {
-            "round": r,
-            "sampled": sampled,
-            "over_selected": len(sampled) - min(planner.fleet.per_round, len(sampled)),
-            "offline": sum(not d.available for d in devices),
-            "sat_out": {str(k): v for k, v in plan.sat_out.items()},
-            "rejected": {str(k): v for k, v in rejected.items()},
-            "devices": [
-                _device_record(reply, devices, configs, timing, profile) for reply in replies
-            ],
-            "dropped": {str(k): v for k, v in dropped.items()},
-            "out_of_memory": {
-                str(d): r.measurements["oom_retry"] for d, r in out_of_memory.items()
-            },
-            "round_deadline": deadline,
-            "virtual_seconds": timing.seconds,
-            "virtual_seconds_total": outcome.clock.now,
-            "straggler": timing.straggler,
-            "deadline": plan.deadline,
-        }
-        if replies:
-            total = sum(u.num_samples for u in updates)
-            record["train_loss"] = (
-                sum(rep.measurements["loss"] * rep.num_samples for rep in replies) / total
-            )
-        record["bytes_up"] = sum(d["bytes_up"] for d in record["devices"])
-        record["bytes_down"] = sum(d["bytes_down"] for d in record["devices"])
-        if r % settings.federation.eval_every == 0 or r == settings.federation.rounds:
-            record.update({f"test_{k}": v for k, v in executor.evaluate(outcome.state).items()})
-        round_seconds = time.perf_counter() - start
-        host_total += round_seconds
-        record["host_seconds"] = round_seconds
-        record["host_seconds_total"] = host_total
-        outcome.metrics.append(record)
-        on_round(record)
-        every = settings.federation.checkpoint_every
-        if (
-            on_checkpoint is not None
-            and every
-            and (r % every == 0 or r == settings.federation.rounds)
-        ):
+        configured = configure_round(planner, r, outcome)
+        received = executor.train(list(configured.sent.values()))
+        record = aggregate_round(planner, configured, received, outcome)
+        if _due(r, fed.eval_every, fed.rounds):
+            record.test = executor.evaluate(outcome.state)
+        record.host_seconds = time.perf_counter() - start
+        host_total += record.host_seconds
+        record.host_seconds_total = host_total
+        metrics = record.to_dict()
+        outcome.metrics.append(metrics)
+        on_round(metrics)
+        if on_checkpoint is not None and _due(r, fed.checkpoint_every, fed.rounds):
             on_checkpoint(Checkpoint(r, outcome.state, outcome.clock, outcome.capacity, host_total))
     return outcome
+
+
+def _due(r: int, every: int, rounds: int) -> bool:
+    """Every ``every`` rounds and after the last; never when ``every`` is 0."""
+    return bool(every) and (r % every == 0 or r == rounds)
+
+
+# --------------------------------------------------------------------------- configure
+
+
+@dataclass(frozen=True)
+class ConfiguredRound:
+    """The configure step's result: the plan, and the instruction sent to each planned device."""
+
+    round: int
+    planned: RoundPlan
+    sent: dict[int, TrainInstruction]
+    deadline: float | None
+    """When the server stops waiting for this round's replies (None: it waits for all)."""
+
+
+def configure_round(planner: RoundPlanner, r: int, server: RoundsOutcome) -> ConfiguredRound:
+    """Sample and plan round ``r`` from the server's capacity estimates; one instruction per
+    planned device: its config, its slice of the global state, its seed, fault and fallback."""
+    settings = planner.settings
+    planned = planner.plan(r, server.capacity)
+    sent = {
+        d: TrainInstruction(
+            device_id=d,
+            round=r,
+            config=cfg,
+            tensors=device_tensors(server.state, cfg, planner.ctx.profile.num_blocks),
+            seed=device_seed(settings.seed, r, d),
+            fault=fault_of(settings.faults, settings.seed, r, d),
+            delay_factor=settings.faults.delay_factor,
+            fallback=fallback_config(settings.method, planned.estimates[d], planner.ctx, cfg),
+        )
+        for d, cfg in planned.plan.configs.items()
+    }
+    return ConfiguredRound(r, planned, sent, round_deadline(settings, planner.ctx, planned))
+
+
+# --------------------------------------------------------------------------- aggregate
+
+
+def aggregate_round(
+    planner: RoundPlanner,
+    configured: ConfiguredRound,
+    received: list[TrainReply],
+    server: RoundsOutcome,
+) -> RoundRecord:
+    """Account for the round's replies and advance the server: drop error replies and late
+    devices, charge out-of-memory retries, reject bad updates, aggregate the rest into
+    ``server.state``, advance ``server.clock`` and update ``server.capacity``."""
+    settings, profile = planner.settings, planner.ctx.profile
+    devices, sent = configured.planned.devices, configured.sent
+    dropped = {r.device_id: r.error for r in received if r.error is not None}
+    arrived = [r for r in received if r.error is None]
+    configs = {r.device_id: trained_config(r, sent[r.device_id]) for r in arrived}
+    timing = _time_round(profile, settings, configured, arrived, configs)
+    for d in timing.late:
+        total = timing.devices[d].total
+        dropped[d] = f"missed the deadline: {total:.1f} s > {configured.deadline or 0:.1f} s"
+    on_time = [r for r in arrived if r.device_id not in timing.late]
+    replies, rejected = _accepted(on_time, configs, server.state, settings, profile.num_blocks)
+    server.state = _aggregate(settings, server.state, replies)
+    server.clock.advance(timing)
+    out_of_memory = {r.device_id: r for r in received if "oom_retry" in r.measurements}
+    _observe(planner, configured, server.capacity, arrived, configs, out_of_memory, len(replies))
+    plan = configured.planned.plan
+    return RoundRecord(
+        round=configured.round,
+        sampled=configured.planned.sampled,
+        over_selected=len(configured.planned.sampled)
+        - min(planner.fleet.per_round, len(configured.planned.sampled)),
+        offline=sum(not d.available for d in devices),
+        sat_out=plan.sat_out,
+        rejected=rejected,
+        devices=[_device_record(r, devices, configs, timing, profile) for r in replies],
+        dropped=dropped,
+        out_of_memory={d: r.measurements["oom_retry"] for d, r in out_of_memory.items()},
+        round_deadline=configured.deadline,
+        virtual_seconds=timing.seconds,
+        virtual_seconds_total=server.clock.now,
+        straggler=timing.straggler,
+        deadline=plan.deadline,
+        train_loss=_train_loss(replies),
+    )
+
+
+def _time_round(
+    profile: CostProfile,
+    settings: RoundSettings,
+    configured: ConfiguredRound,
+    arrived: list[TrainReply],
+    configs: dict[int, DeviceConfig],
+) -> RoundTiming:
+    """The round on the virtual clock: each arrived device's true slowdown and links, its
+    straggling delay, and the failed attempt of an out-of-memory retry."""
+    worked = {r.device_id: configured.planned.devices[r.device_id] for r in arrived}
+    sent = configured.sent
+    delays = {r.device_id: _delay(r) for r in arrived if _delay(r) != 1.0}
+    # An out-of-memory retry is charged the failed attempt's first local step (where the
+    # error surfaces: saved activations peak in the first step) on top of the retry's own
+    # round; the global model was downloaded once.
+    failed = {
+        d: step_seconds(profile, sent[d].config, worked[d].slowdown) * delays.get(d, 1.0)
+        for d in worked
+        if configs[d] != sent[d].config
+    }
+    return time_round(
+        profile, configs, worked, settings.local_steps, configured.deadline, delays, failed
+    )
+
+
+def _aggregate(settings: RoundSettings, state: State, replies: list[TrainReply]) -> State:
+    fed = settings.federation
+    updates = [Update(reply.tensors, reply.num_samples) for reply in replies]
+    if fed.robust != "none":
+        return aggregate_robust(state, updates, fed.robust, fed.trim_fraction)
+    return aggregate(method(settings.method).aggregation, state, updates, fed.weighting)
+
+
+def _observe(
+    planner: RoundPlanner,
+    configured: ConfiguredRound,
+    capacity: CapacityEstimator,
+    arrived: list[TrainReply],
+    configs: dict[int, DeviceConfig],
+    out_of_memory: dict[int, TrainReply],
+    aggregated: int,
+) -> None:
+    """What the round tells the capacity estimator: the share that failed, every arrived
+    device's report (late ones too), and the memory each out-of-memory device failed at."""
+    profile, devices = planner.ctx.profile, configured.planned.devices
+    capacity.observe_round(len(configured.sent), aggregated)
+    worked = {r.device_id: devices[r.device_id] for r in arrived}
+    for reply in arrived:
+        capacity.observe(_report(profile, configs, worked, reply), profile)
+    for d, reply in out_of_memory.items():
+        failed = _failed_configs(reply, configured.sent[d])
+        capacity.observe_out_of_memory(d, min(planner.ctx.cost(c).memory for c in failed))
+
+
+def _train_loss(replies: list[TrainReply]) -> float | None:
+    if not replies:
+        return None
+    total = sum(reply.num_samples for reply in replies)
+    return sum(rep.measurements["loss"] * rep.num_samples for rep in replies) / total
 
 
 def round_deadline(settings: RoundSettings, ctx: PlanContext, planned: RoundPlan) -> float | None:
@@ -403,59 +471,24 @@ def _report(
 def _device_record(
     reply: TrainReply,
     devices: list[Device],
-    configs: dict[int, Any],
+    configs: dict[int, DeviceConfig],
     timing: RoundTiming,
     profile: CostProfile,
-) -> dict[str, Any]:
-    device, config, times = devices[reply.device_id], configs[reply.device_id], timing.devices
-    t = times[reply.device_id]
-    return {
-        "device": reply.device_id,
-        "tier": device.tier,
-        "depth": config.depth,
-        "quantized": config.quantized,
-        "bits": config.bits,
-        **({"rank": config.rank} if config.rank is not None else {}),
-        **({"blocks": list(config.blocks)} if config.blocks is not None else {}),
-        "num_samples": reply.num_samples,
-        # what the protocol sends the device (the local executor shares memory instead)
-        "bytes_down": t.bytes_down,
-        "bytes_up": tensor_bytes(reply.tensors),
-        "memory_bytes": memory_bytes(profile, config),
-        "memory_budget_bytes": device.memory_budget_bytes,
-        "compute_seconds": t.compute,
-        "download_seconds": t.download,
-        "upload_seconds": t.upload,
-        "waiting_seconds": t.waiting,
-        **_device_measurements(reply.measurements),
-    }
-
-
-def _device_measurements(measurements: dict[str, Any]) -> dict[str, Any]:
-    # sent/received_bytes: counted by a Flower executor; node: measured by a deployed device
-    keep = (
-        "loss",
-        "median_step_seconds",
-        "peak_saved_bytes",
-        "sent_bytes",
-        "received_bytes",
-        "oom_retry",
+) -> DeviceRecord:
+    device, config, t = devices[reply.device_id], configs[reply.device_id], timing.devices
+    times = t[reply.device_id]
+    return DeviceRecord(
+        device=reply.device_id,
+        tier=device.tier,
+        config=config,
+        num_samples=reply.num_samples,
+        bytes_down=times.bytes_down,
+        bytes_up=tensor_bytes(reply.tensors),
+        memory_bytes=memory_bytes(profile, config),
+        memory_budget_bytes=device.memory_budget_bytes,
+        compute_seconds=times.compute,
+        download_seconds=times.download,
+        upload_seconds=times.upload,
+        waiting_seconds=times.waiting,
+        **DeviceRecord.measured(reply.measurements),
     )
-    out = {k: measurements[k] for k in keep if k in measurements}
-    if "step_seconds" in measurements:
-        out["host_seconds"] = float(sum(measurements["step_seconds"]))
-    if "saved_bytes" in measurements:
-        out["saved_bytes_per_block"] = measurements["saved_bytes"]["per_block"]
-    if "node" in measurements:
-        out["node"] = measurements["node"]
-    return out
-
-
-def best_accuracy(metrics: list[dict[str, Any]]) -> float | None:
-    values = [m["test_accuracy"] for m in metrics if "test_accuracy" in m]
-    return max(values) if values else None
-
-
-def median_step_seconds(metrics: list[dict[str, Any]]) -> float | None:
-    values = [d["median_step_seconds"] for m in metrics for d in m["devices"]]
-    return statistics.median(values) if values else None
