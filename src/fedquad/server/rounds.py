@@ -186,7 +186,7 @@ def run_rounds(
     fed = settings.federation
     for r in range(first, fed.rounds + 1):
         start = time.perf_counter()
-        configured = configure_round(planner, r, outcome)
+        configured = configure_round(planner, r, outcome.state, outcome.capacity)
         received = executor.train(list(configured.sent.values()))
         record = aggregate_round(planner, configured, received, outcome)
         if _due(r, fed.eval_every, fed.rounds):
@@ -221,17 +221,19 @@ class ConfiguredRound:
     """When the server stops waiting for this round's replies (None: it waits for all)."""
 
 
-def configure_round(planner: RoundPlanner, r: int, server: RoundsOutcome) -> ConfiguredRound:
+def configure_round(
+    planner: RoundPlanner, r: int, state: State, capacity: CapacityEstimator
+) -> ConfiguredRound:
     """Sample and plan round ``r`` from the server's capacity estimates; one instruction per
     planned device: its config, its slice of the global state, its seed, fault and fallback."""
     settings = planner.settings
-    planned = planner.plan(r, server.capacity)
+    planned = planner.plan(r, capacity)
     sent = {
         d: TrainInstruction(
             device_id=d,
             round=r,
             config=cfg,
-            tensors=device_tensors(server.state, cfg, planner.ctx.profile.num_blocks),
+            tensors=device_tensors(state, cfg, planner.ctx.profile.num_blocks),
             seed=device_seed(settings.seed, r, d),
             fault=fault_of(settings.faults, settings.seed, r, d),
             delay_factor=settings.faults.delay_factor,
@@ -269,12 +271,11 @@ def aggregate_round(
     server.clock.advance(timing)
     out_of_memory = {r.device_id: r for r in received if "oom_retry" in r.measurements}
     _observe(planner, configured, server.capacity, arrived, configs, out_of_memory, len(replies))
-    plan = configured.planned.plan
+    plan, sampled = configured.planned.plan, configured.planned.sampled
     return RoundRecord(
         round=configured.round,
-        sampled=configured.planned.sampled,
-        over_selected=len(configured.planned.sampled)
-        - min(planner.fleet.per_round, len(configured.planned.sampled)),
+        sampled=sampled,
+        over_selected=len(sampled) - min(planner.fleet.per_round, len(sampled)),
         offline=sum(not d.available for d in devices),
         sat_out=plan.sat_out,
         rejected=rejected,
