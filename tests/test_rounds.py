@@ -11,7 +11,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from fedquad.config import FaultConfig, FederationConfig
+from fedquad.api import summarize
+from fedquad.config import FaultConfig, FederationConfig, PlannerConfig, load_config
 from fedquad.cost.fleet import FleetSpec, Tier, devices_for_round
 from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
 from fedquad.device_config import DeviceConfig
@@ -19,6 +20,7 @@ from fedquad.server.checkpoint import Checkpoint
 from fedquad.server.messages import TrainInstruction, TrainReply
 from fedquad.server.records import DeviceRecord, RoundRecord
 from fedquad.server.rounds import RoundSettings, assigned_names, run_rounds
+from fedquad.workbench import resolve_fleet
 
 RANK, WIDTH, BLOCKS = 2, 3, 2
 PROFILE = CostProfile(
@@ -66,8 +68,9 @@ def trained(ins: TrainInstruction, shift: float | None = None, **measured) -> Tr
     delta = ins.device_id + 1.0 if shift is None else shift
     names = assigned_names(ins.tensors, ins.config, BLOCKS)
     tensors = {n: ins.tensors[n] + delta for n in sorted(names)}
-    loss = 1.0 + ins.device_id
-    return TrainReply(ins.device_id, tensors, samples(ins.device_id), {"loss": loss, **measured})
+    measured = {"loss": 1.0 + ins.device_id, "step_seconds": [0.5] * STEPS, **measured}
+    measured.setdefault("median_step_seconds", 0.5)
+    return TrainReply(ins.device_id, tensors, samples(ins.device_id), measured)
 
 
 class FakeExecutor:
@@ -156,6 +159,32 @@ def test_a_device_without_memory_for_the_plan_sits_out_and_gets_nothing():
     assert list(m["sat_out"]) == ["3"] and "memory" in m["sat_out"]["3"]
     assert [ins.device_id for ins in executor.sent[0]] == [0, 1, 2]
     assert sorted(devices_of(m)) == [0, 1, 2]
+
+
+def test_on_the_default_fleet_exactly_the_devices_without_memory_sit_out():
+    config = load_config(None, ["federation.num_devices=8", "federation.devices_per_round=4"])
+    spec = resolve_fleet(config)
+    assert [t.count for t in spec.tiers] == [3, 4, 1]  # 30/40/10 scaled to 8 devices
+    outcome = run(FakeExecutor(num_devices=8), spec, rounds=3)
+    full = DeviceConfig(depth=BLOCKS)
+    trained = sat_out = 0
+    for m in outcome.metrics:
+        devices = devices_for_round(spec, full_footprint(PROFILE, RANK), 0, m["round"])
+        fits = {d: memory_bytes(PROFILE, full) <= 0.9 * devices[d].memory_budget_bytes
+                for d in m["sampled"]}  # fmt: skip
+        assert set(devices_of(m)) == {d for d, ok in fits.items() if ok}
+        assert {int(d) for d in m["sat_out"]} == {d for d, ok in fits.items() if not ok}
+        for d, record in devices_of(m).items():
+            slowdown, uplink = devices[d].slowdown, devices[d].uplink
+            assert record["compute_seconds"] == pytest.approx(
+                STEPS * step_seconds(PROFILE, full, slowdown)
+            )
+            assert record["upload_seconds"] == pytest.approx(record["bytes_up"] / uplink)
+        trained, sat_out = trained + len(m["devices"]), sat_out + len(m["sat_out"])
+    assert trained > 0 and sat_out > 0  # the small tier cannot hold full depth; the others can
+    summary = summarize(config, outcome.metrics, [], BLOCKS)
+    assert summary["virtual_seconds"] == outcome.clock.now
+    assert (summary["device_rounds"], summary["device_rounds_sat_out"]) == (trained, sat_out)
 
 
 def test_offline_devices_are_counted_and_not_sampled():
@@ -248,6 +277,21 @@ def test_an_oom_retry_is_charged_the_failed_step_and_recorded_as_the_fallback():
     again = {i.device_id: i for i in executor.sent[1]}[0]
     assert memory_bytes(PROFILE, again.config) < memory_bytes(PROFILE, planned)
     assert outcome.capacity.failure_rate == 0.0  # the retry's update was aggregated
+
+
+@pytest.mark.parametrize("method", ["fedquad", "fedquad-noquant"])
+def test_the_fallback_is_more_quantized_blocks_else_a_smaller_depth(method):
+    deep = dataclasses.replace(settings(method), planner=PlannerConfig(epsilon=20))
+    executor = FakeExecutor()
+    run_rounds(deep, fleet(), PROFILE, BLOCKS, executor, global_state())
+    assert {ins.config.depth for ins in executor.sent[0]} == {BLOCKS}
+    for ins in executor.sent[0]:
+        planned, used = ins.config, ins.fallback
+        assert used is not None and memory_bytes(PROFILE, used) < memory_bytes(PROFILE, planned)
+        if method == "fedquad":
+            assert (used.depth, used.quantized) == (planned.depth, planned.quantized + 1)
+        else:
+            assert used.depth < planned.depth and used.quantized == 0
 
 
 def test_an_oom_retry_that_fails_too_is_dropped_and_both_configs_lower_the_ceiling():
@@ -349,6 +393,14 @@ def test_over_selection_samples_more_after_failures_within_its_cap():
     assert all(len(m["sampled"]) == 4 + m["over_selected"] for m in later)
     assert any(m["over_selected"] > 0 for m in later)
     assert all(m["over_selected"] <= 2 for m in later)  # ⌊0.5 · 4⌋
+
+
+def test_over_selection_without_failures_samples_no_more():
+    spec = FleetSpec(tiers=(Tier("t", 8, 1.0, memory=2.0),), per_round=4)
+    plain = run(FakeExecutor(num_devices=8), spec, rounds=3)
+    over = run(FakeExecutor(num_devices=8), spec, rounds=3, over_selection=0.5)
+    assert [m["sampled"] for m in over.metrics] == [m["sampled"] for m in plain.metrics]
+    assert all(m["over_selected"] == 0 for m in over.metrics)
 
 
 # --------------------------------------------------------------------------- checkpoints
