@@ -8,8 +8,8 @@ import pytest
 import fedquad
 from fedquad.config import FaultConfig, load_config
 from fedquad.server.capacity import CapacityEstimator
+from fedquad.server.configure import extra_devices
 from fedquad.server.faults import CORRUPT, CRASH, DELAY, fault_of
-from fedquad.server.rounds import extra_devices
 
 RUN = [
     "method='fedquad'",

@@ -17,9 +17,10 @@ from fedquad.cost.fleet import FleetSpec, Tier, devices_for_round
 from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
 from fedquad.device_config import DeviceConfig
 from fedquad.server.checkpoint import Checkpoint
+from fedquad.server.configure import RoundSettings, assigned_names
 from fedquad.server.messages import TrainInstruction, TrainReply
 from fedquad.server.records import DeviceRecord, RoundRecord
-from fedquad.server.rounds import RoundSettings, assigned_names, run_rounds
+from fedquad.server.rounds import run_rounds
 from fedquad.workbench import resolve_fleet
 
 RANK, WIDTH, BLOCKS = 2, 3, 2

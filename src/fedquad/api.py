@@ -26,8 +26,9 @@ from fedquad.server.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from fedquad.server.configure import settings_for
 from fedquad.server.records import best_accuracy, median_step_seconds
-from fedquad.server.rounds import run_rounds, settings_for
+from fedquad.server.rounds import run_rounds
 from fedquad.train.generate import causal_lm_summary
 from fedquad.workbench import Workbench, build_workbench, seed_everything, workload_profile
 

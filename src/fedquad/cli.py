@@ -102,7 +102,7 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
     structure = bench.structure
     if args.command == "plan":
         from fedquad.server.capacity import CapacityEstimator
-        from fedquad.server.rounds import RoundPlanner, settings_for
+        from fedquad.server.configure import RoundPlanner, settings_for
 
         if args.round < 1:
             raise FedquadError(f"--round {args.round} is not allowed: use a round >= 1")

@@ -1,85 +1,46 @@
 """The server's round loop, split as a federated strategy is: configure, train, aggregate.
 
-:func:`configure_round` samples the fleet's devices for the round (bandwidth, availability), has
-the method's planner plan from the server's capacity estimates and writes each planned device's
-instruction. The executor trains. :func:`aggregate_round` accounts for the replies (error
-replies, deadline misses, out-of-memory retries, rejected updates), aggregates the rest,
-advances the virtual clock by the round time ``T^h`` (docs/methods.md §3, §6: from the measured
-host cost profile and each device's true slowdown and bandwidth) and updates the capacity
-estimates; it returns the round's :class:`~fedquad.server.records.RoundRecord`.
-:func:`run_rounds` only calls them, evaluates, records host wall-clock time and checkpoints.
+The configure step (:mod:`fedquad.server.configure`) samples the fleet's devices for the round
+(bandwidth, availability), has the method's planner plan from the server's capacity estimates
+and writes each planned device's instruction. The executor trains. :func:`aggregate_round`
+accounts for the replies (error replies, deadline misses, out-of-memory retries, rejected
+updates), aggregates the rest, advances the virtual clock by the round time ``T^h``
+(docs/methods.md §3, §6: from the measured host cost profile and each device's true slowdown
+and bandwidth) and updates the capacity estimates; it returns the round's
+:class:`~fedquad.server.records.RoundRecord`. :func:`run_rounds` only calls them, evaluates,
+records host wall-clock time and checkpoints.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from fedquad.aggregate import Update, aggregate, aggregate_robust
-from fedquad.config import (
-    ExperimentConfig,
-    FaultConfig,
-    FederationConfig,
-    FleetConfig,
-    PlannerConfig,
-    QuantConfig,
-)
-from fedquad.cost.fleet import Device, FleetSpec, devices_for_round, sample_available
-from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
+from fedquad.cost.fleet import Device, FleetSpec
+from fedquad.cost.model import CostProfile, memory_bytes, step_seconds
 from fedquad.device_config import DeviceConfig
-from fedquad.errors import FedquadError
-from fedquad.models.lora import State, rank_slice
-from fedquad.planners import Plan, PlanContext, fallback_config, method, plan_round
+from fedquad.models.lora import State
+from fedquad.planners import method
 from fedquad.server.capacity import CapacityEstimator, Report
 from fedquad.server.checkpoint import Checkpoint
 from fedquad.server.clock import RoundTiming, VirtualClock, time_round
-from fedquad.server.faults import fault_of
+from fedquad.server.configure import (
+    ConfiguredRound,
+    RoundPlanner,
+    RoundSettings,
+    assigned_names,
+    configure_round,
+)
 from fedquad.server.messages import Executor, TrainInstruction, TrainReply
 from fedquad.server.records import DeviceRecord, RoundRecord
 from fedquad.server.validate import norm_outliers, update_distance, update_problem
 
-_PLANNER_STREAM = 3
-"""Extra seed word of the planner's generator (FedRA's draws): its own stream."""
-
 
 def tensor_bytes(state: State) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
-
-
-@dataclass(frozen=True)
-class RoundSettings:
-    """What the round loop needs of an experiment's config: its sections, not copies."""
-
-    method: str
-    federation: FederationConfig
-    seed: int = 0
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    local_steps: int = 10
-    fleet: FleetConfig = field(default_factory=FleetConfig)
-    planner: PlannerConfig = field(default_factory=PlannerConfig)
-    base_rank: int = 8
-    """``r``: the reference rank (budgets' footprint, HetLoRA's rank set)."""
-    faults: FaultConfig = field(default_factory=FaultConfig)
-
-
-def settings_for(config: ExperimentConfig) -> RoundSettings:
-    return RoundSettings(
-        method=config.method,
-        federation=config.federation,
-        seed=config.seed,
-        quant=config.quant,
-        local_steps=config.train.local_steps,
-        fleet=config.fleet,
-        planner=config.planner,
-        base_rank=config.lora.rank,
-        faults=config.faults,
-    )
 
 
 @dataclass
@@ -91,74 +52,6 @@ class RoundsOutcome:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     clock: VirtualClock = field(default_factory=VirtualClock)
     capacity: CapacityEstimator = field(default_factory=CapacityEstimator)
-
-
-def device_seed(seed: int, round_index: int, device: int) -> int:
-    """The training seed of one device in one round: distinct for every (round, device)."""
-    return int(np.random.SeedSequence([seed, round_index, device]).generate_state(1)[0])
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    devices: list[Device]
-    """Every device of the fleet as it is this round (true bandwidth and availability)."""
-    sampled: list[int]
-    estimates: dict[int, Device]
-    """The server's view of each sampled device, which the planner planned from."""
-    plan: Plan
-
-
-class RoundPlanner:
-    """Sample and plan one round: the part of the loop ``fedquad plan`` shows on its own."""
-
-    def __init__(
-        self,
-        settings: RoundSettings,
-        fleet: FleetSpec,
-        profile: CostProfile,
-        lora_depth: int,
-        device_samples: list[int],
-    ) -> None:
-        if len(device_samples) != fleet.num_devices:
-            raise FedquadError(
-                f"there is data for {len(device_samples)} devices but the fleet has "
-                f"{fleet.num_devices}: partition the data for the fleet"
-            )
-        self.settings, self.fleet = settings, fleet
-        self.footprint = full_footprint(profile, settings.base_rank)
-        self.ctx = PlanContext(
-            profile=profile,
-            lora_depth=lora_depth,
-            quant=settings.quant,
-            kappa=settings.fleet.kappa,
-            local_steps=settings.local_steps,
-            options=settings.planner,
-            num_samples=dict(enumerate(device_samples)),
-            base_rank=settings.base_rank,
-        )
-
-    def plan(self, r: int, capacity: CapacityEstimator) -> RoundPlan:
-        seed = self.settings.seed
-        devices = devices_for_round(self.fleet, self.footprint, seed, r)
-        wanted = self.fleet.per_round + extra_devices(
-            self.fleet.per_round, capacity.failure_rate, self.settings.federation.over_selection
-        )
-        sampled = sample_available(devices, min(wanted, len(devices)), seed, r)
-        estimates = {d: _estimate(capacity, devices[d], self.ctx) for d in sampled}
-        rng = np.random.default_rng([seed, r, _PLANNER_STREAM])
-        plan = plan_round(self.settings.method, list(estimates.values()), self.ctx, rng)
-        return RoundPlan(devices=devices, sampled=sampled, estimates=estimates, plan=plan)
-
-
-def extra_devices(per_round: int, failure_rate: float, over_selection: float) -> int:
-    """Over-selection: ``⌈k·p/(1-p)⌉`` more devices, so that ``k`` updates are expected to
-    arrive when a share ``p`` fails; at most ``over_selection·k`` (rounded down)."""
-    if over_selection <= 0 or failure_rate <= 0:
-        return 0
-    cap = math.floor(over_selection * per_round)
-    if failure_rate >= 1:
-        return cap
-    return min(cap, math.ceil(per_round * failure_rate / (1 - failure_rate) - 1e-9))
 
 
 def run_rounds(
@@ -205,46 +98,6 @@ def run_rounds(
 def _due(r: int, every: int, rounds: int) -> bool:
     """Every ``every`` rounds and after the last; never when ``every`` is 0."""
     return bool(every) and (r % every == 0 or r == rounds)
-
-
-# --------------------------------------------------------------------------- configure
-
-
-@dataclass(frozen=True)
-class ConfiguredRound:
-    """The configure step's result: the plan, and the instruction sent to each planned device."""
-
-    round: int
-    planned: RoundPlan
-    sent: dict[int, TrainInstruction]
-    deadline: float | None
-    """When the server stops waiting for this round's replies (None: it waits for all)."""
-
-
-def configure_round(
-    planner: RoundPlanner, r: int, state: State, capacity: CapacityEstimator
-) -> ConfiguredRound:
-    """Sample and plan round ``r`` from the server's capacity estimates; one instruction per
-    planned device: its config, its slice of the global state, its seed, fault and fallback."""
-    settings = planner.settings
-    planned = planner.plan(r, capacity)
-    sent = {
-        d: TrainInstruction(
-            device_id=d,
-            round=r,
-            config=cfg,
-            tensors=device_tensors(state, cfg, planner.ctx.profile.num_blocks),
-            seed=device_seed(settings.seed, r, d),
-            fault=fault_of(settings.faults, settings.seed, r, d),
-            delay_factor=settings.faults.delay_factor,
-            fallback=fallback_config(settings.method, planned.estimates[d], planner.ctx, cfg),
-        )
-        for d, cfg in planned.plan.configs.items()
-    }
-    return ConfiguredRound(r, planned, sent, round_deadline(settings, planner.ctx, planned))
-
-
-# --------------------------------------------------------------------------- aggregate
 
 
 def aggregate_round(
@@ -352,17 +205,6 @@ def _train_loss(replies: list[TrainReply]) -> float | None:
     return sum(rep.measurements["loss"] * rep.num_samples for rep in replies) / total
 
 
-def round_deadline(settings: RoundSettings, ctx: PlanContext, planned: RoundPlan) -> float | None:
-    """When the server stops waiting: ``federation.round_deadline``, else the planner's predicted
-    round time (from its estimates) times ``1 + deadline_slack``."""
-    if settings.federation.round_deadline is not None:
-        return settings.federation.round_deadline
-    predicted = [
-        ctx.round_seconds(planned.estimates[d], c) for d, c in planned.plan.configs.items()
-    ]
-    return (1 + settings.federation.deadline_slack) * max(predicted) if predicted else None
-
-
 def _delay(reply: TrainReply) -> float:
     """How many times slower than its profile the device ran (1.0 unless it straggled)."""
     return float(reply.measurements.get("delay_factor", 1.0))
@@ -382,28 +224,6 @@ def _failed_configs(reply: TrainReply, sent: TrainInstruction) -> list[DeviceCon
     if reply.error is not None and sent.fallback is not None:
         return [sent.config, sent.fallback]
     return [sent.config]
-
-
-def assigned_names(state: State, config: DeviceConfig, num_blocks: int) -> set[str]:
-    """The global tensors a device with ``config`` may send: its trained blocks' LoRA and the
-    head. A federated tensor's only integer path component is its block index."""
-    trained = set(config.trained_blocks(num_blocks))
-    names = set()
-    for name in state:
-        blocks = [int(p) for p in name.split(".") if p.isdigit()]
-        if not blocks or blocks[0] in trained:
-            names.add(name)
-    return names
-
-
-def device_tensors(state: State, config: DeviceConfig, num_blocks: int) -> State:
-    """What the server sends a device: the whole global state (frozen LoRA below its cut runs in
-    its forward), with the LoRA it trains cut to its rank when it has one — the rest it would
-    zero anyway, and ``download_bytes`` counts exactly this."""
-    if config.rank is None:
-        return state
-    trained = assigned_names(state, config, num_blocks)
-    return {n: rank_slice(n, t, config.rank) if n in trained else t for n, t in state.items()}
 
 
 def _accepted(
@@ -427,26 +247,6 @@ def _accepted(
     outliers = norm_outliers(distances, settings.federation.norm_bound)
     rejected.update(outliers)
     return [r for r in good if r.device_id not in outliers], rejected
-
-
-def _estimate(capacity: CapacityEstimator, declared: Device, ctx: PlanContext) -> Device:
-    """The server's view of a device: its declared profile corrected by what it reported.
-
-    A device whose saved activations turned out larger than predicted (``memory_factor > 1``)
-    is planned as if its budget were that much smaller; one that ran out of memory, with a
-    budget that holds only configs predicted to need less than the one that failed.
-    """
-    estimate = capacity.estimate(declared)
-    budget = estimate.memory_budget_bytes
-    factor = capacity.memory_factor(declared.id)
-    if factor > 1:
-        budget = int(budget / factor)
-    ceiling = capacity.memory_ceiling(declared.id)
-    if ceiling is not None:
-        budget = min(budget, ctx.budget_below(ceiling))
-    if budget != estimate.memory_budget_bytes:
-        estimate = dataclasses.replace(estimate, memory_budget_bytes=budget)
-    return estimate
 
 
 def _report(
