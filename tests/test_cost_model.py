@@ -10,7 +10,9 @@ import pytest
 from fedquad.cost.fleet import Device
 from fedquad.cost.model import (
     CostProfile,
+    deepest_that_fits,
     download_bytes,
+    fewest_that_fit,
     fit_times,
     full_footprint,
     largest_feasible_depth,
@@ -204,6 +206,19 @@ def test_min_quantized_is_fewest_that_fit():
     assert min_quantized(p, 2, small) == 1  # 3_380_000 - 560_000 = 2_820_000 <= 2_829_600
     assert min_quantized(p, 3, small) == 3
     assert min_quantized(p, 4, small) is None
+
+
+def test_fit_searches_are_generic_over_what_k_counts():
+    memory = {0: 9, 1: 7, 2: 5, 3: 6, 4: 3}.__getitem__  # not monotone
+    assert fewest_that_fit(memory, 6, 4) == 2
+    assert fewest_that_fit(memory, 9, 4) == 0
+    assert fewest_that_fit(memory, 6, 1) is None  # only 0 … most are tried
+    assert fewest_that_fit(memory, 2, 4) is None
+    # the deepest that fits, past a depth that does not (1 … deepest; 0 is no depth)
+    assert deepest_that_fits(memory, 6, 4) == 4
+    assert deepest_that_fits(memory, 6, 3) == 3
+    assert deepest_that_fits(memory, 5.5, 3) == 2
+    assert deepest_that_fits(memory, 4, 3) is None
 
 
 # --------------------------------------------------------------------------- calibration

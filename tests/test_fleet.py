@@ -19,7 +19,6 @@ from fedquad.cost.fleet import (
     sample_round,
 )
 from fedquad.errors import FedquadError
-from fedquad.server.rounds import sample_devices
 
 FOOTPRINT = 7_860_000
 
@@ -138,12 +137,13 @@ def test_bandwidth_draws_are_seeded_per_round_and_in_range():
     assert all(0.5 * MB <= d.uplink <= 0.6 * MB for d in devices_for_round(narrow, 10, 1, 1))
 
 
-def test_sample_round_reuses_server_sampler():
+def test_sample_round_is_uniform_per_round():
     for r in (1, 2, 3):
         ids = sample_round(80, 10, seed=5, round_index=r)
-        assert ids == sample_devices(80, 10, 5, r)
+        assert ids == sorted(ids) and ids == sample_round(80, 10, 5, r)
         assert len(set(ids)) == 10 and all(0 <= i < 80 for i in ids)
     assert sample_round(80, 10, 5, 1) != sample_round(80, 10, 5, 2)
+    assert sample_round(80, 10, 5, 1) != sample_round(80, 10, 6, 1)
     with pytest.raises(FedquadError, match="per_round = 81"):
         sample_round(80, 81, 0, 1)
 
@@ -163,7 +163,7 @@ def test_availability_one_changes_nothing():
     for r in (1, 2, 3):
         devices = devices_for_round(spec, FOOTPRINT, seed=4, round_index=r)
         assert all(d.available for d in devices)
-        assert sample_available(devices, 10, seed=4, round_index=r) == sample_devices(80, 10, 4, r)
+        assert sample_available(devices, 10, seed=4, round_index=r) == sample_round(80, 10, 4, r)
 
 
 def test_availability_has_its_own_stream():

@@ -19,7 +19,8 @@ from fedquad.models.lora import (
     span_param_names,
     truncate_rank,
 )
-from fedquad.server.rounds import device_tensors, tensor_bytes
+from fedquad.server.configure import device_tensors
+from fedquad.server.rounds import tensor_bytes
 from fedquad.train.local import DeviceConfig, prepared, train_local
 from fedquad.train.saved_tensors import HEAD, SavedTensorMeter
 

@@ -9,12 +9,8 @@ import torch
 
 import fedquad
 from fedquad.config import load_config
-from fedquad.cost.fleet import devices_for_round, load_fleet
 from fedquad.cost.model import (
     CostProfile,
-    download_bytes,
-    full_footprint,
-    memory_bytes,
     step_seconds,
     upload_bytes,
 )
@@ -116,57 +112,6 @@ def test_quantized_run_tracks_the_unquantized_one(small_run, tmp_path):
             assert dq["peak_saved_bytes"] < 0.5 * dp["peak_saved_bytes"]
         assert abs(quant["test_accuracy"] - plain["test_accuracy"]) <= 2 / 64
         assert quant["test_loss"] == pytest.approx(plain["test_loss"], rel=0.02)
-
-
-def test_fedlora_on_the_default_fleet_sits_out_exactly_the_devices_without_memory(tmp_path):
-    """Virtual clock and memory budgets on the built-in tiers, checked against the cost model."""
-    overrides = [o for o in SMALL if not o.startswith(("fleet.", "federation."))]
-    config = load_config(
-        None,
-        [
-            *overrides,
-            "federation.rounds=3",
-            "federation.num_devices=8",
-            "federation.devices_per_round=4",
-            "federation.eval_every=3",
-            f"output_dir={tmp_path}",
-        ],
-    )
-    result = fedquad.run(config)
-    run_dir = result.run_dir
-    profile = CostProfile.from_dict(json.loads((run_dir / "cost_profile.json").read_text()))
-    fleet = load_fleet(run_dir / "fleet.toml")
-    assert [t.count for t in fleet.tiers] == [3, 4, 1]  # 30/40/10 scaled to 8 devices
-    full_depth = DeviceConfig(depth=2)
-    need = memory_bytes(profile, full_depth)
-    clock, trained, sat_out = 0.0, 0, 0
-    for m in read_metrics(run_dir):
-        devices = devices_for_round(fleet, full_footprint(profile), 0, m["round"])
-        fits = {d: need <= 0.9 * devices[d].memory_budget_bytes for d in m["sampled"]}
-        assert {d["device"] for d in m["devices"]} == {d for d, ok in fits.items() if ok}
-        assert {int(d) for d in m["sat_out"]} == {d for d, ok in fits.items() if not ok}
-        assert all("memory" in reason for reason in m["sat_out"].values())
-        totals = []
-        for d in m["devices"]:
-            device = devices[d["device"]]
-            assert d["compute_seconds"] == pytest.approx(
-                2 * step_seconds(profile, full_depth, device.slowdown)
-            )
-            assert d["bytes_down"] == download_bytes(profile)
-            assert d["bytes_up"] == upload_bytes(profile, 2)
-            assert d["upload_seconds"] == pytest.approx(d["bytes_up"] / device.uplink)
-            totals.append(d["compute_seconds"] + d["download_seconds"] + d["upload_seconds"])
-        assert m["virtual_seconds"] == pytest.approx(max(totals, default=0.0))
-        for d, total in zip(m["devices"], totals, strict=True):
-            assert d["waiting_seconds"] == pytest.approx(m["virtual_seconds"] - total)
-        clock += m["virtual_seconds"]
-        assert m["virtual_seconds_total"] == pytest.approx(clock)
-        trained, sat_out = trained + len(m["devices"]), sat_out + len(m["sat_out"])
-    assert trained > 0 and sat_out > 0  # the small tier cannot hold full depth; the others can
-    summary = result.summary
-    assert summary["virtual_seconds"] == pytest.approx(clock)
-    assert summary["device_rounds_sat_out"] == sat_out
-    assert summary["time_to_target"]["virtual_seconds"] <= clock
 
 
 @pytest.mark.parametrize("method", list(fedquad.config.METHODS))

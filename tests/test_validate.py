@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedquad.device_config import DeviceConfig
-from fedquad.server.rounds import assigned_names
+from fedquad.server.configure import assigned_names
 from fedquad.server.validate import norm_outliers, update_distance, update_problem
 
 A3 = "base_model.model.encoder.layer.3.attention.query.lora_A.default.weight"

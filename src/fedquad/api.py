@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from fedquad.config import ExperimentConfig, load_config
 from fedquad.cost.fleet import fleet_to_toml, load_fleet
@@ -30,14 +26,11 @@ from fedquad.server.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from fedquad.server.rounds import (
-    best_accuracy,
-    median_step_seconds,
-    run_rounds,
-    settings_for,
-)
+from fedquad.server.configure import settings_for
+from fedquad.server.records import best_accuracy, median_step_seconds
+from fedquad.server.rounds import run_rounds
 from fedquad.train.generate import causal_lm_summary
-from fedquad.workbench import Workbench, build_workbench, workload_profile
+from fedquad.workbench import Workbench, build_workbench, seed_everything, workload_profile
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -50,12 +43,6 @@ class RunResult:
     run_dir: Path
     metrics: list[dict[str, Any]]
     summary: dict[str, Any]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:

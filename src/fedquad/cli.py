@@ -73,9 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--quiet", action="store_true", help="no progress output")
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
-    from fedquad import deploy
+    from fedquad import deploy_cli
 
-    deploy.add_parser(sub)
+    deploy_cli.add_parser(sub)
     return parser
 
 
@@ -102,7 +102,7 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
     structure = bench.structure
     if args.command == "plan":
         from fedquad.server.capacity import CapacityEstimator
-        from fedquad.server.rounds import RoundPlanner, settings_for
+        from fedquad.server.configure import RoundPlanner, settings_for
 
         if args.round < 1:
             raise FedquadError(f"--round {args.round} is not allowed: use a round >= 1")
@@ -204,9 +204,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "plan":
         return _profile(args)
     if args.command == "deploy":
-        from fedquad import deploy
+        from fedquad import deploy_cli
 
-        return deploy.main(args)
+        return deploy_cli.main(args)
     if args.command == "config":
         from fedquad.config import load_config
 

@@ -7,20 +7,16 @@ process``: ``fedquad run`` is the ServerApp of each run (see :mod:`fedquad.engin
 Each SuperNode is one device of the fleet (``--node-config partition-id=N``) and signs its
 requests with its private key. ``--insecure`` turns TLS, and with it node authentication, off.
 
-Torch-free: the ``fedquad deploy`` commands start quickly.
+Torch-free: the ``fedquad deploy`` commands (:mod:`fedquad.deploy_cli`) start quickly.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import datetime
 import ipaddress
 import os
 import secrets
-import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,7 +120,7 @@ def make_certificates(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    out = _directory(out)
+    out = ensure_directory(out)
     paths = {name: out / name for name in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, SECRET)}
     _write(paths[CA_CERT], _cert_pem(ca))
     _write(paths[CA_KEY], _key_pem(ca_key), private=True)
@@ -148,7 +144,7 @@ def make_node_key(path: Path) -> tuple[Path, Path]:
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    _directory(path.parent)
+    ensure_directory(path.parent)
     public_path = path.with_name(path.name + ".pub")
     _write(path, private, private=True)
     _write(public_path, public + b"\n")
@@ -206,7 +202,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _directory(path: Path) -> Path:
+def ensure_directory(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -328,7 +324,7 @@ def write_connection(
     elif root_certificates is not None:
         connection["root-certificates"] = _existing(root_certificates, "fedquad deploy certs")
     text = tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
-    _write(_directory(flwr_home) / "config.toml", text.encode())
+    _write(ensure_directory(flwr_home) / "config.toml", text.encode())
 
 
 def register_command(public_key: Path) -> list[str]:
@@ -342,159 +338,3 @@ def _existing(path: Path, made_by: str) -> str:
     if not path.is_file():
         raise FedquadError(f"'{path}' does not exist: make it with {made_by}")
     return str(path.resolve())
-
-
-# --------------------------------------------------------------------------- fedquad deploy
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ``fedquad deploy`` command and its subcommands."""
-    deploy = sub.add_parser(
-        "deploy", help="certificates, keys and the Flower processes of a real federation"
-    )
-    cmds = deploy.add_subparsers(dest="deploy_command", required=True)
-    certs = cmds.add_parser("certs", help="a private CA and the SuperLink's TLS certificate")
-    certs.add_argument("dir", type=Path, help="where to write ca.crt, ca.key, server.pem, ...")
-    certs.add_argument(
-        "--host",
-        action="append",
-        dest="hosts",
-        metavar="HOST",
-        help="IP address or name the SuperLink is reached at (repeatable; "
-        "default 127.0.0.1 and localhost)",
-    )
-    certs.add_argument(
-        "--nodes", type=int, default=0, help="also make N SuperNode keys supernode-<id>.key"
-    )
-    key = cmds.add_parser("node-key", help="a SuperNode's key pair (FILE and FILE.pub)")
-    key.add_argument("file", type=Path)
-    link = cmds.add_parser("superlink", help="start the SuperLink (TLS, node authentication)")
-    link.add_argument("--certs", type=Path, default=Path("certs"), help="default: ./certs")
-    link.add_argument("--address", default=DEFAULT_SUPERLINK, help="host:port to listen on")
-    link.add_argument("--database", help="state file (default: in memory)")
-    register = cmds.add_parser("register", help="allow SuperNodes by their public keys")
-    register.add_argument("public_keys", type=Path, nargs="+", metavar="KEY.pub")
-    node = cmds.add_parser("supernode", help="start the SuperNode of one device")
-    node.add_argument("--device", type=int, required=True, help="the device id it is")
-    node.add_argument("--key", type=Path, help="its private key (fedquad deploy node-key)")
-    node.add_argument("--runtime-port", type=int, help=f"local port (default {RUNTIME_PORT}+N)")
-    local = cmds.add_parser(
-        "loopback", help="a SuperLink and N SuperNodes on this machine (TLS, auth) until Ctrl-C"
-    )
-    local.add_argument("--nodes", type=int, required=True, help="how many devices")
-    local.add_argument(
-        "--dir", type=Path, default=Path("loopback"), help="certificates, Flower homes and logs"
-    )
-    for parser in (register, node):
-        parser.add_argument("--superlink", default=DEFAULT_SUPERLINK, help="its host:port")
-        parser.add_argument(
-            "--root-certificates", type=Path, help="CA certificate (ca.crt) to verify it"
-        )
-    for parser in (link, register, node):
-        parser.add_argument(
-            "--insecure", action="store_true", help="no TLS and no node authentication"
-        )
-        parser.add_argument(
-            "--dry-run", action="store_true", help="print the command instead of running it"
-        )
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run a ``fedquad deploy`` subcommand."""
-    command = args.deploy_command
-    if command == "certs":
-        return _certs(args.dir, args.hosts or list(DEFAULT_HOSTS), args.nodes)
-    if command == "loopback":
-        return _loopback(args.dir, args.nodes)
-    if command == "node-key":
-        private, public = make_node_key(args.file)
-        print(f"private key {private} (stays on the device), public key {public} (to register)")
-        return 0
-    if args.insecure:
-        warn_insecure(INSECURE_WHAT[command])
-    if command == "superlink":
-        argv = superlink_command(
-            args.certs, args.address, insecure=args.insecure, database=args.database
-        )
-        return _run(argv, flower_env(), args.dry_run, replace=True)
-    if command == "supernode":
-        argv = supernode_command(
-            args.device,
-            args.superlink,
-            root_certificates=args.root_certificates,
-            key=args.key,
-            insecure=args.insecure,
-            runtime_port=args.runtime_port,
-        )
-        return _run(argv, flower_env(node_home(args.device)), args.dry_run, replace=True)
-    return _register(args)
-
-
-def node_home(device: int) -> Path:
-    """A SuperNode's own Flower home: SuperNodes sharing a host do not share installed apps
-    (Flower installs an app on its first message, without a lock)."""
-    base = os.environ.get("FLWR_HOME") or str(Path.home() / ".flwr")
-    return Path(base) / f"supernode-{device}"
-
-
-def _certs(directory: Path, hosts: list[str], nodes: int) -> int:
-    if nodes < 0:
-        raise FedquadError(f"--nodes {nodes}: use a number >= 0")
-    paths = make_certificates(directory, hosts)
-    for device in range(nodes):
-        make_node_key(node_key_path(directory, device))
-    print(f"CA certificate {paths[CA_CERT]} (give it to every device and to fedquad run)")
-    print(f"SuperLink certificate {paths[SERVER_CERT]} for {', '.join(hosts)}")
-    print(f"ServerApp secret {paths[SECRET]} (for the SuperLink and fedquad run only)")
-    if nodes:
-        print(f"SuperNode keys {node_key_path(directory, 0)} ... (register the .pub files)")
-    return 0
-
-
-def _loopback(directory: Path, nodes: int) -> int:
-    import signal
-    import threading
-
-    from fedquad.loopback import loopback
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with loopback(_directory(directory), nodes) as running:
-        sets = " ".join(f"--set {shlex.quote(s)}" for s in running.run_settings())
-        print(f"SuperLink at {running.address}, {nodes} SuperNodes; logs in {directory}/flower")
-        print(f"run on it: fedquad run --config FILE --set federation.num_devices={nodes} {sets}")
-        print("Ctrl-C stops every process", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while not stop.wait(1.0):
-                if any(node.poll() is not None for node in running.nodes):
-                    raise FedquadError(f"a SuperNode exited: see {directory}/flower/node-*.log")
-    return 0
-
-
-def _register(args: argparse.Namespace) -> int:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="fedquad-flwr-") as home:
-        write_connection(Path(home), args.superlink, args.root_certificates, args.insecure)
-        for key in args.public_keys:
-            status = _run(register_command(key), flower_env(Path(home)), args.dry_run)
-            if status != 0:
-                return status
-    return 0
-
-
-def _run(argv: list[str], env: dict[str, str], dry_run: bool, replace: bool = False) -> int:
-    """Run a Flower command; ``replace``: in place of this process, so that its pid, signals
-    and exit code are the Flower process's own."""
-    home = env.get("FLWR_HOME")
-    shown = ""
-    if home is not None and home != os.environ.get("FLWR_HOME"):
-        shown = f"FLWR_HOME={shlex.quote(home)} "
-    print(shown + shlex.join(argv), file=sys.stderr)
-    if dry_run:
-        return 0
-    sys.stderr.flush()
-    sys.stdout.flush()
-    if replace and hasattr(os, "execve"):
-        os.execve(argv[0], argv, env)
-    return subprocess.run(argv, env=env, check=False).returncode

@@ -7,10 +7,13 @@ same workload (and so the same cached cost profile).
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from peft import PeftModel
 
 from fedquad.config import ExperimentConfig
@@ -26,7 +29,7 @@ from fedquad.cost.profiler import (
 from fedquad.data import load_text_classification, partition_dataset, tokenize_dataset
 from fedquad.data.chat import tokenize_pairs
 from fedquad.data.prompts import load_prompt_data
-from fedquad.engines.local import TensorData
+from fedquad.data.tokenize import TensorData
 from fedquad.errors import FedquadError
 from fedquad.models.causal_lm import keep_answer_logits
 from fedquad.models.lora import (
@@ -137,6 +140,14 @@ def method_structure(config: ExperimentConfig, num_blocks: int) -> LoraStructure
     lc = config.lora
     ranks = lc.ranks or global_ranks(config.method, config.planner, num_blocks, lc.rank, lc.depth)
     return build_structure(num_blocks, len(ranks), lc.rank, ranks, lc.alpha, lc.dropout)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators: before :func:`build_workbench`,
+    so that every weight the server does not send is initialised alike everywhere."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def build_workbench(config: ExperimentConfig) -> Workbench:

@@ -273,28 +273,32 @@ def sample_available(
 ) -> list[int]:
     """Ids trained this round: ``per_round`` drawn uniformly among the online devices, sorted.
 
-    Fewer are returned when fewer are online. The draw uses the server sampler's seed, so with
-    every device online it equals ``fedquad.server.rounds.sample_devices``.
+    Fewer are returned when fewer are online. The draw is :func:`sample_round`'s over the online
+    devices, so with every device online the two agree.
     """
-    if not 1 <= per_round <= len(devices):
-        raise FedquadError(
-            f"per_round = {per_round} is not allowed: use 1 to the fleet size {len(devices)}"
-        )
+    _check_per_round(per_round, len(devices))
     online = [d.id for d in devices if d.available]
     size = min(per_round, len(online))
-    if size == 0:
-        return []
-    rng = np.random.default_rng([seed, round_index])
-    return sorted(online[int(i)] for i in rng.choice(len(online), size=size, replace=False))
+    return [online[i] for i in _draw(len(online), size, seed, round_index)]
 
 
 def sample_round(num_devices: int, per_round: int, seed: int, round_index: int) -> list[int]:
-    """Device ids trained this round: uniform without replacement, the server's own sampler."""
+    """Device ids trained this round: uniform without replacement, seeded per round (the same
+    for every method)."""
+    _check_per_round(per_round, num_devices)
+    return _draw(num_devices, per_round, seed, round_index)
+
+
+def _check_per_round(per_round: int, num_devices: int) -> None:
     if not 1 <= per_round <= num_devices:
         raise FedquadError(
             f"per_round = {per_round} is not allowed: use 1 to the fleet size {num_devices}"
         )
-    # Imported here: the server package pulls in torch, and the cost package stays light.
-    from fedquad.server.rounds import sample_devices
 
-    return sample_devices(num_devices, per_round, seed, round_index)
+
+def _draw(population: int, size: int, seed: int, round_index: int) -> list[int]:
+    """``size`` of ``range(population)`` without replacement, sorted; none when ``size`` is 0."""
+    if size == 0:
+        return []
+    rng = np.random.default_rng([seed, round_index])
+    return sorted(int(i) for i in rng.choice(population, size=size, replace=False))

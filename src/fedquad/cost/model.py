@@ -7,7 +7,7 @@ task, batch, sequence length and LoRA structure) and a device config ``(d, q)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -351,6 +351,31 @@ def full_footprint(profile: CostProfile, rank: int | None = None) -> int:
     return _memory(profile, profile.num_blocks, 0, bits=8) + delta
 
 
+def fewest_that_fit(memory: Callable[[int], float], limit: float, most: int) -> int | None:
+    """The fewest ``k`` in ``0 … most`` with ``memory(k) ≤ limit``, or None if none does.
+
+    ``k`` is whatever lowers memory as it grows (quantized blocks of a depth): the planner's
+    ``q_min`` and :func:`min_quantized` both search with it.
+    """
+    for k in range(most + 1):
+        if memory(k) <= limit:
+            return k
+    return None
+
+
+def deepest_that_fits(memory: Callable[[int], float], limit: float, deepest: int) -> int | None:
+    """The largest depth ``d`` in ``1 … deepest`` with ``memory(d) ≤ limit``, or None.
+
+    Every depth is checked rather than stopping at the first failure: the bottom-block
+    measurement can make memory non-monotone in ``d``.
+    """
+    best = None
+    for depth in range(1, deepest + 1):
+        if memory(depth) <= limit:
+            best = depth
+    return best
+
+
 def min_quantized(
     profile: CostProfile,
     depth: int,
@@ -361,11 +386,11 @@ def min_quantized(
 ) -> int | None:
     """``q_min(d)``: fewest quantized blocks that fit ``(1-κ)·budget``, or None if none does."""
     _check_kappa(kappa)
-    limit = (1 - kappa) * budget_bytes
-    for quantized in range(depth + 1):
-        if _memory(profile, depth, quantized, bits, quant_position) <= limit:
-            return quantized
-    return None
+    return fewest_that_fit(
+        lambda q: _memory(profile, depth, q, bits, quant_position),
+        (1 - kappa) * budget_bytes,
+        depth,
+    )
 
 
 def largest_feasible_depth(
@@ -380,8 +405,7 @@ def largest_feasible_depth(
     """Deepest ``d ≤ max_depth`` (default ``L``) with ``M(d, q) ≤ (1-κ)·budget``, or None.
 
     Without ``quantize`` the test uses ``q = 0``; with it, ``q = d`` (every trainable block
-    quantized: the least memory a depth can take). Every depth is checked rather than stopping at
-    the first failure: the bottom-block measurement can make ``M`` non-monotone in ``d``.
+    quantized: the least memory a depth can take).
     """
     _check_kappa(kappa)
     top = profile.num_blocks if max_depth is None else max_depth
@@ -389,13 +413,11 @@ def largest_feasible_depth(
         raise FedquadError(
             f"max_depth = {top} is not allowed: use 1 to the number of blocks {profile.num_blocks}"
         )
-    limit = (1 - kappa) * budget_bytes
-    best = None
-    for depth in range(1, top + 1):
-        quantized = depth if quantize else 0
-        if _memory(profile, depth, quantized, bits, quant_position) <= limit:
-            best = depth
-    return best
+    return deepest_that_fits(
+        lambda d: _memory(profile, d, d if quantize else 0, bits, quant_position),
+        (1 - kappa) * budget_bytes,
+        top,
+    )
 
 
 def _check_kappa(kappa: float) -> None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import datasets
 
 from fedquad.errors import FedquadError, warn
+
+if TYPE_CHECKING:
+    import torch
+
+TensorData: TypeAlias = "dict[str, torch.Tensor]"
+"""Tokenized samples as the trainer batches them: ``input_ids``, ``attention_mask``, ``labels``."""
 
 
 def tokenize_dataset(

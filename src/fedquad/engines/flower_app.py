@@ -41,7 +41,7 @@ from fedquad.errors import FedquadError
 from fedquad.models.lora import State
 from fedquad.quiet import quiet_libraries
 from fedquad.server.messages import TrainInstruction, TrainReply
-from fedquad.workbench import Workbench, build_workbench
+from fedquad.workbench import Workbench, build_workbench, seed_everything
 
 DEVICE_KEY = "partition-id"
 """The node config key naming the device a node is (Flower's simulation sets it per node)."""
@@ -171,8 +171,6 @@ _WORKLOADS: dict[str, Workbench] = {}
 def workload(config_toml: str) -> Workbench:
     """The model with LoRA and the data partitions of the experiment, as the server builds them."""
     if config_toml not in _WORKLOADS:
-        from fedquad.api import seed_everything  # not at the top: the API imports the engines
-
         config = from_dict(tomllib.loads(config_toml))
         quiet_libraries()
         flwr_logger = logging.getLogger("flwr")

@@ -15,15 +15,13 @@ import torch
 from torch import nn
 
 from fedquad.config import QuantConfig, TrainConfig
+from fedquad.data.tokenize import TensorData
 from fedquad.device_config import DeviceConfig
 from fedquad.models.lora import LoraStructure, State, load_state
 from fedquad.models.registry import ModelParts
 from fedquad.server.faults import CORRUPT, CRASH, DELAY, OOM
 from fedquad.server.messages import TrainInstruction, TrainReply
 from fedquad.train.local import TrainResult, evaluate, train_local
-
-TensorData = dict[str, torch.Tensor]
-
 
 _OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
 """What the allocators that raise a plain RuntimeError say (the second: torch's CPU one)."""

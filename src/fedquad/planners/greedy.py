@@ -6,10 +6,12 @@ LEGEND's depth choice (§4.2) is the same with ``q ≡ 0``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import math
 
 from fedquad.cost.fleet import Device
+from fedquad.cost.model import fewest_that_fit
 from fedquad.device_config import DeviceConfig
 from fedquad.planners.base import Plan, PlanContext
 
@@ -20,15 +22,21 @@ def efficient_options(device: Device, ctx: PlanContext, quantize: bool) -> list[
     ``q_min(d)`` is the fewest quantized blocks that fit the device's memory: any more only
     add overhead and noise. Without ``quantize`` only ``q = 0`` is tried.
     """
-    quant = ctx.quant
     options = []
     for depth in range(min(ctx.options.min_depth, ctx.lora_depth), ctx.lora_depth + 1):
-        for q in range(depth + 1 if quantize else 1):
-            config = DeviceConfig(depth, q, bits=quant.bits, quant_position=quant.position)
-            if ctx.fits(device, config):
-                options.append(config)
-                break
+        memory = functools.partial(_memory, ctx, depth)
+        q = fewest_that_fit(memory, ctx.limit(device), depth if quantize else 0)
+        if q is not None:
+            options.append(_config(ctx, depth, q))
     return options
+
+
+def _config(ctx: PlanContext, depth: int, quantized: int) -> DeviceConfig:
+    return DeviceConfig(depth, quantized, bits=ctx.quant.bits, quant_position=ctx.quant.position)
+
+
+def _memory(ctx: PlanContext, depth: int, quantized: int) -> int:
+    return ctx.cost(_config(ctx, depth, quantized)).memory
 
 
 def fallback_option(
@@ -48,9 +56,7 @@ def fallback_option(
 
 def _sit_out_reason(device: Device, ctx: PlanContext, quantize: bool) -> str:
     depth = min(ctx.options.min_depth, ctx.lora_depth)
-    q = depth if quantize else 0
-    cheapest = DeviceConfig(depth, q, bits=ctx.quant.bits, quant_position=ctx.quant.position)
-    return ctx.no_fit_reason(device, cheapest)
+    return ctx.no_fit_reason(device, _config(ctx, depth, depth if quantize else 0))
 
 
 def plan_greedy(devices: list[Device], ctx: PlanContext, quantize: bool) -> Plan:

@@ -11,6 +11,7 @@ import numpy as np
 
 from fedquad.config import PlannerConfig
 from fedquad.cost.fleet import Device
+from fedquad.cost.model import deepest_that_fits
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.planners.base import Plan, PlanContext
@@ -117,11 +118,9 @@ def plan_fedra(devices: list[Device], ctx: PlanContext, rng: np.random.Generator
 
 
 def _largest_depth(device: Device, ctx: PlanContext) -> int | None:
-    best = None
-    for depth in range(1, ctx.lora_depth + 1):
-        if ctx.fits(device, DeviceConfig(depth=depth)):
-            best = depth
-    return best
+    return deepest_that_fits(
+        lambda d: ctx.cost(DeviceConfig(depth=d)).memory, ctx.limit(device), ctx.lora_depth
+    )
 
 
 # --------------------------------------------------------------------------- methods

@@ -16,7 +16,7 @@ from fedquad.cost.model import (
 from fedquad.device_config import DeviceConfig
 from fedquad.planners import PlanContext
 from fedquad.server.clock import time_round
-from fedquad.server.rounds import RoundPlan
+from fedquad.server.configure import RoundPlan
 
 
 def _mib(n: float) -> str:
