@@ -136,7 +136,9 @@ def method_structure(config: ExperimentConfig, num_blocks: int) -> LoraStructure
     own (uniform rank ``r`` on ``lora.depth`` blocks, LEGEND's distribution, HetLoRA's top)."""
     lc = config.lora
     ranks = lc.ranks or global_ranks(config.method, config.planner, num_blocks, lc.rank, lc.depth)
-    return build_structure(num_blocks, len(ranks), lc.rank, ranks, lc.alpha, lc.dropout)
+    return build_structure(
+        num_blocks, len(ranks), lc.rank, ranks, alpha=lc.alpha, dropout=lc.dropout, scale=lc.scale
+    )
 
 
 def build_workbench(config: ExperimentConfig) -> Workbench:
@@ -296,6 +298,7 @@ def workload_key(bench: Workbench, settings: ProfileSettings) -> dict[str, Any]:
         max_length=config.model.max_length,
         ranks=list(structure.ranks),
         lora_alpha=structure.alpha,
+        lora_scale=structure.scale,
         lora_dropout=structure.dropout,
         targets=block_linear_targets(parts),
         optimizer=train.optimizer,
