@@ -33,7 +33,7 @@ DEADLINES = ("anchored", "search", "adaptive")
 ROBUST_CHOICES = ("none", "median", "trimmed-mean")
 RANK_DISTRIBUTIONS = ("halving", "uniform", "linear")
 ENGINES = ("local", "flower-sim", "flower")
-PARTITIONS = ("iid", "dirichlet", "shards")
+PARTITIONS = ("iid", "dirichlet", "shards", "inner-dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
 WEIGHTINGS = ("samples", "uniform")
 QUANT_POSITIONS = ("bottom", "top")
@@ -66,9 +66,11 @@ class DataConfig:
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     partition: str = "dirichlet"
-    """How the training set is split across devices: iid, dirichlet (label skew) or shards."""
+    """How the training set is split across devices: iid, dirichlet (label skew per class),
+    inner-dirichlet (label mix per device, equal sizes; docs/methods.md §8) or shards."""
     alpha: float = 1.0
-    """Dirichlet concentration: smaller means more label skew."""
+    """Dirichlet concentration: smaller means more label skew. For inner-dirichlet, each
+    device's label mix is drawn from Dir(alpha · p), p the global label shares."""
     shards_per_partition: int = 2
     min_partition_size: int = 10
 
