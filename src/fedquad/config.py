@@ -171,8 +171,10 @@ class FleetConfig:
     """The simulated devices (METHODS.md §6)."""
 
     name: str = "default"
-    """``default`` (small/medium/large tiers 30/40/10), ``uniform`` (identical devices as fast
-    as this host, memory for any config), or a fleet TOML file."""
+    """``default`` (small/medium/large tiers 30/40/10), ``papers`` (the same tiers with the
+    published prototype's memory ladder), ``decorrelated`` (each speed class split half low,
+    half high memory), ``uniform`` (identical devices as fast as this host, memory for any
+    config), or a fleet TOML file (docs/methods.md §6)."""
     kappa: float = 0.1
     """Safety margin: a config fits a device when its memory is at most (1 - kappa) x budget."""
     capacity_gamma: float = 0.7

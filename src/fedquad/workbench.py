@@ -14,7 +14,7 @@ from typing import Any
 from peft import PeftModel
 
 from fedquad.config import ExperimentConfig
-from fedquad.cost.fleet import FleetSpec, Tier, default_fleet, load_fleet
+from fedquad.cost.fleet import TIERED_FLEETS, FleetSpec, Tier, load_fleet
 from fedquad.cost.model import CostProfile
 from fedquad.cost.profiler import (
     ProfileSettings,
@@ -47,7 +47,7 @@ from fedquad.models.registry import (
 from fedquad.planners import global_ranks
 from fedquad.train.generate import PromptTestSet
 
-BUILTIN_FLEETS = ("default", "uniform")
+BUILTIN_FLEETS = (*TIERED_FLEETS, "uniform")
 
 
 @dataclass
@@ -101,7 +101,7 @@ def resolve_fleet(config: ExperimentConfig) -> FleetSpec:
     """The config's fleet, with ``federation.num_devices`` / ``devices_per_round`` applied."""
     fed, name = config.federation, config.fleet.name
     if name in BUILTIN_FLEETS:
-        spec = default_fleet() if name == "default" else uniform_fleet()
+        spec = TIERED_FLEETS[name]() if name in TIERED_FLEETS else uniform_fleet()
         num = fed.num_devices or spec.num_devices
         per_round = fed.devices_per_round or min(spec.per_round, num)
         if per_round > num:
