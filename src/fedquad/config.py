@@ -84,6 +84,7 @@ class LoraConfig:
     depth: int | None = None
     """Global LoRA depth D: the top D blocks carry LoRA (default: every block)."""
     rank: int = 8
+    """Uniform LoRA rank ``r`` of every LoRA block (when `ranks` is not given)."""
     scale: float = 2.0
     """LoRA scale ``alpha_l / r_l`` of every block: ``alpha_l = scale · r_l`` (docs/methods.md §5),
     so blocks and methods of different ranks train at the same scale."""
