@@ -271,10 +271,13 @@ def run_comparison(
     *,
     progress: bool = False,
     on_run: Callable[[int, int, str, int, str], None] = lambda *_a: None,
+    on_finished: Callable[[str, int, Path], None] = lambda *_a: None,
 ) -> Path:
     """Run (or continue) every (label, seed) of ``plan`` into ``out``, then write the report.
 
-    ``on_run(i, n, label, seed, state)`` is called before each run that is started or resumed.
+    ``on_run(i, n, label, seed, state)`` is called before each run that is started or resumed,
+    ``on_finished(label, seed, run_dir)`` for every finished run: the kept ones first, then each
+    as it finishes.
     """
     from fedquad.api import resume, run  # torch and transformers: only when something runs
 
@@ -290,6 +293,9 @@ def run_comparison(
     if not (out / PLAN_FILE).is_file() or any(s != "finished" for s in states.values()):
         atomic_write_text(out / PLAN_FILE, json.dumps(plan_json(plan, commit), indent=2) + "\n")
     todo = [key for key in configs if states.get(key, "new") != "finished"]
+    for label, seed in configs:
+        if (label, seed) not in todo:
+            on_finished(label, seed, run_dir(out, label, seed))
     for i, (label, seed) in enumerate(todo):
         path = run_dir(out, label, seed)
         state = states.get((label, seed), "new")
@@ -300,5 +306,6 @@ def run_comparison(
             if path.exists():  # created, but stopped before anything worth keeping was written
                 shutil.rmtree(path)
             run(configs[(label, seed)], progress=progress)
+        on_finished(label, seed, path)
     write_report(out)
     return out
