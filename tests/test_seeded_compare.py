@@ -57,6 +57,12 @@ def test_seed_and_target_errors_are_one_line(capsys, tmp_path, args, message):
     assert not (tmp_path / "c").exists()  # nothing started
 
 
+def test_a_config_with_a_compare_table_is_a_comparison_over_seeds(capsys, tmp_path):
+    path = _write(tmp_path / "arm.toml", "[compare]\nseeds = [0]\n")
+    code = main(["compare", "--config", str(path)])
+    assert code == 2 and "give --targets" in capsys.readouterr().err
+
+
 def test_seeds_without_targets_ask_for_them(capsys, tmp_path):
     code = main(["compare", "--seeds", "0,1", "--out", str(tmp_path / "c")])
     assert code == 2 and "give --targets" in capsys.readouterr().err
@@ -241,7 +247,9 @@ def test_resume_refuses_a_changed_config_or_commit(tmp_path):
     with pytest.raises(FedquadError, match="started at commit abc and this is def"):
         check_resumable(out, plan, "def")
     changed = Plan(plan.entries, [0], [0.8], {"federation": {"rounds": 7}})
-    with pytest.raises(FedquadError, match=r"ran with another config \(federation differ\)"):
+    with pytest.raises(
+        FedquadError, match=r"ran with another config \(federation.rounds differs\)"
+    ):
         check_resumable(out, changed, "abc")
     # a finished comparison is kept at any commit: nothing of it would run
     (out / "fedlora" / "seed-0" / "summary.json").write_text("{}")
@@ -267,7 +275,9 @@ def test_compare_command_refuses_a_changed_config(tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "ran with another config (lora differ)" in err and err.count("\n") == 1
+    assert (
+        code == 2 and "ran with another config (lora.rank differs)" in err and err.count("\n") == 1
+    )
 
 
 # --------------------------------------------------------------------------- end to end

@@ -182,9 +182,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    if args.seeds is not None or args.targets is not None or args.out is not None:
-        from fedquad.seeded_cli import seeded_compare
+    from fedquad.seeded_cli import is_seeded, seeded_compare
 
+    if is_seeded(args):
         return seeded_compare(args)
     from rich.console import Console
 

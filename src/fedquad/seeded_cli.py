@@ -9,6 +9,16 @@ from pathlib import Path
 from fedquad.errors import FedquadError
 
 
+def is_seeded(args: argparse.Namespace) -> bool:
+    """A comparison over seeds: asked for by option, or by a config file with a [compare] table."""
+    if args.seeds is not None or args.targets is not None or args.out is not None:
+        return True
+    from fedquad.config import read_toml
+    from fedquad.seeded_compare import COMPARE_TABLE
+
+    return args.config is not None and COMPARE_TABLE in read_toml(args.config)
+
+
 def seeded_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 

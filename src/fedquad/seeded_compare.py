@@ -210,8 +210,18 @@ def code_commit() -> str | None:
 
 
 def _comparable(config_data: Mapping[str, Any]) -> dict[str, Any]:
-    resolved = from_dict(dict(config_data)).to_dict()
-    return {k: v for k, v in resolved.items() if k not in _PER_RUN_KEYS}
+    """The resolved config as dotted keys, without the keys that only say where it is written."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(from_dict(dict(config_data)).to_dict(), "")
+    return {k: v for k, v in flat.items() if k not in _PER_RUN_KEYS}
 
 
 def _state(path: Path) -> str:
@@ -249,8 +259,9 @@ def check_resumable(out: Path, plan: Plan, commit: str | None) -> dict[tuple[str
                     changed = sorted(
                         k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)
                     )
+                    verb = "differs" if len(changed) == 1 else "differ"
                     raise FedquadError(
-                        f"'{path}' ran with another config ({', '.join(changed)} differ): "
+                        f"'{path}' ran with another config ({', '.join(changed)} {verb}): "
                         "use a new --out, or the config it ran with"
                     )
             states[(entry.label, seed)] = state
