@@ -5,9 +5,10 @@ committed config (``benchmarks/arms/<arm>.toml``) over its paired seeds, on SST-
 
 The runs go into a work directory (default ``benchmarks/work/<arm>``, not tracked); calling the
 script again continues them (finished runs kept, the others resumed from their checkpoints) and
-refuses when the arm's config or the code's commit changed. Each finished run's
-``metrics.jsonl``, ``config.toml``, ``fleet.toml`` and ``cost_profile.json`` are copied as it
-finishes into the results directory (default ``benchmarks/results/<arm>``), where
+refuses when the arm's config or the code's commit changed; the cost profile and converted
+models are cached in ``<work>/cache`` unless ``$FEDQUAD_CACHE`` names another cache. Each
+finished run's ``metrics.jsonl``, ``config.toml``, ``fleet.toml`` and ``cost_profile.json`` are
+copied as it finishes into the results directory (default ``benchmarks/results/<arm>``), where
 ``fedquad report`` then builds the tables and plots from them alone. SST-2 is required (from
 ``--sst2-dir`` or ``$FEDQUAD_SST2_DIR``): without it the script stops, it never falls back to
 another dataset. Run it from a checkout at a fixed commit, so that editing the code does not
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)  # the default paths, and the output_dir the runs record, are repository paths
     results = given.get("out", Path("benchmarks") / "results" / args.arm)
     work = given.get("work", Path("benchmarks") / "work" / args.arm)
+    # an arm measures and keeps its own cost profile: another run's cache never changes it
+    os.environ.setdefault("FEDQUAD_CACHE", str((work / "cache").resolve()))
     try:
         plan = load_plan(ARMS[args.arm], [])
         check_arm(args.arm, plan, work)
