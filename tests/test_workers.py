@@ -107,3 +107,20 @@ def test_a_killed_worker_is_its_device_error_and_the_next_round_runs():
     for got, want in zip(second, expected, strict=True):
         assert got.tensors.keys() == want.tensors.keys()
         assert all((got.tensors[k] == want.tensors[k]).all() for k in want.tensors)
+
+
+def test_engine_is_a_table_and_the_string_form_still_reads(tmp_path):
+    from fedquad.config import EngineConfig, FedquadError
+
+    old = tmp_path / "config.toml"
+    old.write_text('engine = "local"\n')  # as older run directories wrote it
+    assert load_config(old).engine == EngineConfig("local", "auto")
+    assert load_config(old, ["engine.workers=2"]).engine == EngineConfig("local", 2)
+    kept = load_config(old, ["engine.workers=2", "engine=flower-sim"]).engine
+    assert kept == EngineConfig("flower-sim", 2)
+    assert (
+        '[engine]\nname = "local"\nworkers = 2' in load_config(None, ["engine.workers=2"]).to_toml()
+    )
+    for bad, says in [("engine.workers=-1", "engine.workers = -1"), ("engine=grpc", "'grpc'")]:
+        with pytest.raises(FedquadError, match=says):
+            load_config(None, [bad])
