@@ -13,6 +13,16 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)
+def _in_process_training(monkeypatch):
+    # engine.workers = auto trains in this process when it sees one core: a spawned worker's
+    # start-up (imports, model load) would dominate every short test run. The worker tests set
+    # engine.workers themselves.
+    import fedquad.engines.workers
+
+    monkeypatch.setattr(fedquad.engines.workers, "host_cores", lambda: 1)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Model conversions land in one session-wide cache, never the user's.
     monkeypatch.setenv("FEDQUAD_CACHE", str(tmp_path_factory.getbasetemp() / "fedquad-cache"))

@@ -275,13 +275,33 @@ class FlowerConfig:
 
 
 @dataclass
+class EngineConfig:
+    """What carries the round's messages to the clients (``[engine]``; the older string form
+    ``engine = "local"`` still reads as ``name``)."""
+
+    name: str = "local"
+    """``local`` (this process and its workers), ``flower-sim`` or ``flower``."""
+    workers: int | str = "auto"
+    """Local engine: 0 trains every device in this process, one after the other; N >= 1 trains
+    the round's devices in N single-thread worker processes; ``auto``: min(cores, devices per
+    round), in this process when that is 1. The metrics are the same for any value."""
+
+    def __post_init__(self) -> None:
+        _check_choice("engine.name", self.name, ENGINES)
+        w = self.workers
+        if w != "auto" and (not isinstance(w, int) or isinstance(w, bool) or w < 0):
+            raise FedquadError(
+                f"engine.workers = {w!r} is not allowed: use auto or a whole number >= 0"
+            )
+
+
+@dataclass
 class ExperimentConfig:
     method: str = "fedquad"
     """The federated method: fedquad, legend, joint, fedlora, hetlora, flexlora, fedra or
     fedquad-noquant."""
-    engine: str = "local"
-    """Where devices train: local (in this process), flower-sim (Flower's Simulation Engine) or
-    flower (a real federation on Flower's Deployment Engine)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Where and how devices train (the ``[engine]`` table; ``engine = "local"`` also works)."""
     seed: int = 0
     """Seed of everything random in a run: data split, fleet draws, sampling, training."""
     output_dir: str = "runs"
@@ -310,7 +330,6 @@ class ExperimentConfig:
 
     def validate(self) -> ExperimentConfig:
         _check_choice("method", self.method, METHODS)
-        _check_choice("engine", self.engine, ENGINES)
         _check_choice("model.task", self.model.task, TASKS)
         _check_choice("data.partition", self.data.partition, PARTITIONS)
         _check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
@@ -518,6 +537,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]
+        for alternative in inner[1:]:  # e.g. ``int | str``: the first type the value is
+            if isinstance(value, alternative) and not isinstance(value, bool):
+                return value
         return _coerce(key, value, inner[0])
     if origin is list:
         if not isinstance(value, list):
@@ -549,8 +571,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _engine_table(data: dict[str, Any]) -> dict[str, Any]:
+    """``engine = "local"`` (the older form, still in run directories) as ``[engine]``."""
+    if isinstance(data.get("engine"), str):
+        data = {**data, "engine": {"name": data["engine"]}}
+    return data
+
+
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    config: ExperimentConfig = _build(ExperimentConfig, data, "")
+    config: ExperimentConfig = _build(ExperimentConfig, _engine_table(data), "")
     return config.validate()
 
 
@@ -564,7 +593,7 @@ def _parse_value(text: str) -> Any:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides (dotted keys for sections) to a raw config dict."""
-    data = _deep_copy(data)
+    data = _deep_copy(_engine_table(data))
     for item in overrides:
         if "=" not in item:
             raise FedquadError(f"--set {item!r}: write it as key=value, e.g. federation.rounds=5")
@@ -575,7 +604,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise FedquadError(f"--set {item!r}: '{part}' is not a section")
-        node[parts[-1]] = _parse_value(text.strip())
+        value = _parse_value(text.strip())
+        if parts == ["engine"] and isinstance(value, str):
+            value = {**data.get("engine", {}), "name": value}  # ``--set engine=flower``
+        node[parts[-1]] = value
     return data
 
 
