@@ -43,6 +43,7 @@ def test_fault_draws_follow_their_probabilities_and_are_seeded():
     assert fault_of(FaultConfig(), 0, 1, 1) is None
 
 
+@pytest.mark.integration
 def test_faulty_devices_are_left_out_with_their_reason_and_the_round_goes_on(tmp_path):
     result = fedquad.run(load_config(None, [*RUN, f"output_dir={tmp_path}"]))
     faults = load_config(None, RUN).faults
@@ -90,6 +91,7 @@ def test_failure_rate_is_a_moving_average_that_survives_a_checkpoint():
     assert again.failure_rate == capacity.failure_rate
 
 
+@pytest.mark.integration
 def test_over_selection_samples_more_devices_after_failures_and_none_without(tmp_path):
     over = ["federation.over_selection=0.5", "federation.devices_per_round=4"]
     faulty = fedquad.run(load_config(None, [*RUN, *over, f"output_dir={tmp_path}"]))

@@ -8,13 +8,13 @@ unquantized footprint ``M(L, 0)``. A :class:`Device` carries bytes and bytes/s.
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tomli_w
-import tomllib
 
 from fedquad.errors import FedquadError, unknown_key
 
