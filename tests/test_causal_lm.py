@@ -15,11 +15,12 @@ import pytest
 import torch
 
 import fedquad
-from fedquad.config import METHODS, load_config
+from fedquad.config import load_config
 from fedquad.data.chat import IGNORE_INDEX, encode_pair, fit_lengths, tokenize_pairs
 from fedquad.data.prompts import FOODS_QUESTION, load_prompt_data
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
+from fedquad.methods_registry import METHODS
 from fedquad.models.lora import federated_param_names
 from fedquad.report.results import read_metrics
 from fedquad.train.generate import (

@@ -19,6 +19,7 @@ from fedquad.cost.model import (
     upload_bytes,
 )
 from fedquad.device_config import DeviceConfig
+from fedquad.methods_registry import METHODS
 from fedquad.report.results import read_metrics
 from helpers import SMALL_RUN
 
@@ -157,7 +158,7 @@ def test_fedlora_on_the_default_fleet_sits_out_exactly_the_devices_without_memor
     assert summary["time_to_target"]["virtual_seconds"] <= clock
 
 
-@pytest.mark.parametrize("method", list(fedquad.config.METHODS))
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_runs_end_to_end_on_the_default_fleet(method, tmp_path):
     overrides = [o for o in SMALL_RUN if not o.startswith(("fleet.", "federation.", "lora."))]
     config = load_config(

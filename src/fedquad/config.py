@@ -17,17 +17,8 @@ from typing import Any, Literal
 import tomli_w
 
 from fedquad.errors import FedquadError, unknown_key
+from fedquad.methods_registry import method, method_names
 
-METHODS = (
-    "fedquad",
-    "legend",
-    "joint",
-    "fedlora",
-    "hetlora",
-    "flexlora",
-    "fedra",
-    "fedquad-noquant",
-)
 Deadline = Literal["anchored", "search", "adaptive"]
 Robust = Literal["none", "median", "trimmed-mean"]
 RankDistribution = Literal["halving", "uniform", "linear"]
@@ -414,6 +405,7 @@ class FlowerConfig:
 @dataclass
 class ExperimentConfig:
     method: str = "fedquad"
+    """One of the methods of the registry (``fedquad.methods_registry``)."""
     engine: Engine = "local"
     seed: int = 0
     output_dir: str = "runs"
@@ -441,9 +433,9 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         # Each section checked itself when it was built; what spans sections is checked here.
-        _check_choice("method", self.method, METHODS)
+        _check_choice("method", self.method, method_names())
         _check_choice("engine", self.engine, ENGINES)
-        if self.federation.robust != "none" and self.method in ("hetlora", "flexlora"):
+        if self.federation.robust != "none" and not method(self.method).robust_ok:
             raise FedquadError(
                 f"federation.robust = {self.federation.robust!r} does not apply to {self.method}"
                 ": its devices send rank-truncated tensors; use none"
