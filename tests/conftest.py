@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded MiniLM with LoRA, small tokenized batches, quiet offline hub."""
+"""Shared fixtures: the embedded MiniLM with LoRA, quiet offline hub (plain helpers: helpers.py)."""
 
 from __future__ import annotations
 
@@ -26,15 +26,6 @@ def _in_process_training(monkeypatch):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Model conversions land in one session-wide cache, never the user's.
     monkeypatch.setenv("FEDQUAD_CACHE", str(tmp_path_factory.getbasetemp() / "fedquad-cache"))
-
-
-def make_batch(n: int = 8, seq: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "input_ids": torch.randint(1000, 5000, (n, seq), generator=g),
-        "attention_mask": torch.ones(n, seq, dtype=torch.long),
-        "labels": torch.randint(0, 2, (n,), generator=g),
-    }
 
 
 @pytest.fixture

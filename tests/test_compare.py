@@ -29,6 +29,7 @@ from fedquad.report.compare import (
     time_to_target,
 )
 from fedquad.report.plots import write_comparison_plots, write_run_plots
+from helpers import TINY_HETEROGENEOUS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIB = 1 << 20
@@ -220,20 +221,10 @@ def test_plots_are_written_as_png(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
-TINY = [
-    "data.max_train_samples=240",
-    "data.max_test_samples=64",
-    "model.max_length=64",
-    "federation.rounds=2",
-    "federation.num_devices=8",
-    "federation.devices_per_round=4",
-    "train.local_steps=1",
-    "train.batch_size=16",
-    "lora.depth=2",
-    "profile.timed_steps=1",
-]
+TINY = [*TINY_HETEROGENEOUS, "federation.num_devices=8", "federation.devices_per_round=4"]
 
 
+@pytest.mark.integration
 def test_compare_command_end_to_end(capsys, tmp_path):
     sets = [x for o in [*TINY, f"output_dir={tmp_path}"] for x in ("--set", o)]
     code = main(["compare", "--methods", "fedquad,fedlora", "--quiet", *sets])

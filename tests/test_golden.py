@@ -21,6 +21,8 @@ from fedquad.config import load_config
 from fedquad.cost.model import CostProfile
 from fedquad.report.results import read_metrics
 
+pytestmark = pytest.mark.integration  # every test here loads a model
+
 GOLDEN = Path(__file__).parent / "golden"
 METHODS = ("fedquad", "legend", "hetlora")
 SHORT = [

@@ -8,7 +8,6 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import make_batch
 from fedquad.config import QuantConfig, TrainConfig
 from fedquad.cost.model import CostProfile, saved_bytes, step_seconds
 from fedquad.cost.profiler import ProfileSettings, StepTiming, cached_profile, profile_workload
@@ -16,6 +15,7 @@ from fedquad.device_config import DeviceConfig
 from fedquad.models.lora import attach_lora, build_structure, get_state
 from fedquad.models.registry import describe_model, load_sequence_classifier
 from fedquad.train.local import train_local
+from helpers import make_batch
 
 RANKS = [8, 8, 4, 4, 2, 2]  # per-block ranks from the output, so P_l differs per block
 
@@ -34,6 +34,7 @@ def _step(workload, batch, config, train, quant=None):
     return train_local(model, parts, structure, batch, config, train, 0, quant)
 
 
+@pytest.mark.integration
 def test_predicted_saved_bytes_equal_measured_for_every_config(workload):
     model, parts, structure = workload
     train = TrainConfig(local_steps=1, batch_size=4)
@@ -57,6 +58,7 @@ def test_predicted_saved_bytes_equal_measured_for_every_config(workload):
     assert profile.quant_ratio[4] < profile.quant_ratio[8]
 
 
+@pytest.mark.integration
 def test_given_time_terms_are_used_and_the_bytes_still_measured(workload):
     model, parts, structure = workload
     args = (model, parts, structure, make_batch(4, 16), TrainConfig(batch_size=4), QuantConfig())
@@ -70,6 +72,7 @@ def test_given_time_terms_are_used_and_the_bytes_still_measured(workload):
     assert StepTiming.of(measured).f == measured.f and len(StepTiming.of(measured).timed) == 4
 
 
+@pytest.mark.integration
 def test_profile_counts_lora_and_head_parameters_per_block(workload):
     model, parts, structure = workload
     profile = profile_workload(
@@ -91,6 +94,7 @@ def test_profile_counts_lora_and_head_parameters_per_block(workload):
     assert sum(profile.lora_params) == lora
 
 
+@pytest.mark.integration
 def test_profiling_leaves_the_model_and_the_rng_as_they_were(workload):
     model, parts, structure = workload
     before = {k: v.clone() for k, v in get_state(model).items()}
@@ -111,6 +115,7 @@ def test_profiling_leaves_the_model_and_the_rng_as_they_were(workload):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # timing: reliable on an idle machine only (make test-slow)
 def test_predicted_step_time_within_25_percent_of_measured(workload):
     model, parts, structure = workload
@@ -195,6 +200,7 @@ def test_rank_layouts_of_one_workload_share_the_time_terms_measured_first(tmp_pa
     assert not StepTiming(0.1, 0.0, 0.01, 0.2, ((1, 0, 0.5), (1, 1, 0.6))).shareable
 
 
+@pytest.mark.integration
 def test_predicted_saved_bytes_of_fedra_subsets_equal_measured(workload):
     model, parts, structure = workload
     train = TrainConfig(local_steps=1, batch_size=4)
@@ -209,6 +215,7 @@ def test_predicted_saved_bytes_of_fedra_subsets_equal_measured(workload):
         assert saved_bytes(profile, config) == measured, blocks
 
 
+@pytest.mark.integration
 def test_the_methods_rank_layouts_share_one_timing_key(tmp_path):
     """FedQuad's uniform ranks, LEGEND's and HetLoRA's layouts of one workload differ in their
     cache keys only by the fields the time terms are shared across."""

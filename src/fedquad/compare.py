@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedquad.config import METHODS, ExperimentConfig
+from fedquad.config import ExperimentConfig
 from fedquad.errors import FedquadError
+from fedquad.methods_registry import METHODS, default_compare_methods
 from fedquad.report.compare import (
     Row,
     Target,
@@ -32,7 +33,7 @@ from fedquad.report.results import (
     read_metrics,
 )
 
-DEFAULT_METHODS = ("fedquad", "legend", "joint", "fedlora", "hetlora", "flexlora", "fedra")
+DEFAULT_METHODS = default_compare_methods()
 
 _SHARED_CONFIG_NOTE = "# The config every compared method ran with; only `method` differed.\n"
 

@@ -82,7 +82,7 @@ def make_certificates(
     if not hosts:
         raise FedquadError("give at least one --host the SuperLink is reached at")
     names = [_subject_alt_name(h) for h in hosts]
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
     def subject(name: str) -> x509.Name:

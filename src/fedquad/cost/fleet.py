@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import tomli_w
-import tomllib
 
 from fedquad.errors import FedquadError, unknown_key
 
