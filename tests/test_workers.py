@@ -7,7 +7,6 @@ import os
 import signal
 
 import pytest
-from test_run import SMALL
 
 import fedquad
 from fedquad.api import seed_everything
@@ -17,6 +16,7 @@ from fedquad.engines.workers import WORKER_DIED, WorkerPoolExecutor, resolve_wor
 from fedquad.report.results import read_metrics
 from fedquad.server.messages import TrainInstruction
 from fedquad.workbench import build_workbench
+from helpers import SMALL_RUN as SMALL
 
 HOST_FIELDS = ("host_seconds", "host_seconds_total", "median_step_seconds")
 

@@ -109,7 +109,7 @@ def _worker_main(conn: Connection, setup: WorkerSetup) -> None:
     torch.set_num_threads(1)
     import tomllib
 
-    from fedquad.api import seed_everything
+    from fedquad.workbench import seed_everything
     from fedquad.config import from_dict
     from fedquad.quiet import quiet_libraries
 
