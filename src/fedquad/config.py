@@ -38,6 +38,8 @@ WEIGHTINGS = ("samples", "uniform")
 QUANT_POSITIONS = ("bottom", "top")
 QUANT_BITS = (8, 4, 2)
 TASKS = ("classification", "causal-lm")
+PRECISIONS = ("fp32", "bf16")
+TRAIN_DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -98,6 +100,23 @@ class TrainConfig:
     """Run the embeddings and the frozen blocks below a device's span without dropout: they are
     not trained on that device, and CPU dropout masks are a large share of a step."""
     eval_batch_size: int = 64
+    trim_batches: bool = True
+    """Cut each training batch to its longest sample: exact under the attention mask (right
+    padding), and a short sample then costs what it is. The cost profile and the virtual clock
+    still describe batches of ``model.max_length`` tokens."""
+    precision: str = "fp32"
+    """``fp32``, or ``bf16``: autocast, with the frozen base weights stored in bfloat16 (LoRA,
+    head and optimizer state stay float32). Evaluation and profiling run in it too."""
+    device: str = "auto"
+    """Where the model trains: ``auto`` (cuda if present, else mps, else cpu), cpu, cuda or mps."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.trim_batches, bool):
+            raise FedquadError(
+                f"train.trim_batches = {self.trim_batches!r} is not allowed: use true or false"
+            )
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.device", self.device, TRAIN_DEVICES)
 
 
 @dataclass

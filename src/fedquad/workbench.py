@@ -46,6 +46,7 @@ from fedquad.models.registry import (
 )
 from fedquad.planners import global_ranks
 from fedquad.train.generate import PromptTestSet
+from fedquad.train.placement import model_device, place_model
 
 BUILTIN_FLEETS = ("default", "uniform")
 
@@ -161,6 +162,7 @@ def build_workbench(config: ExperimentConfig) -> Workbench:
     _check_positions(config, model)
     structure = method_structure(config, parts.num_blocks)
     peft_model = attach_lora(model, parts, structure)
+    place_model(peft_model, config.train.device, config.train.precision)
     train_tok = tokenize_dataset(data.train, tokenizer, config.model.max_length)
     return Workbench(
         config=config,
@@ -199,6 +201,7 @@ def _causal_lm_workbench(config: ExperimentConfig, fleet: FleetSpec) -> Workbenc
     _check_positions(config, model)
     structure = method_structure(config, parts.num_blocks)
     peft_model = attach_lora(model, parts, structure)
+    place_model(peft_model, config.train.device, config.train.precision)
     keep_answer_logits(peft_model)
     length = config.model.max_length
     train_tok = tokenize_pairs(data.train, tokenizer, length)
@@ -294,6 +297,8 @@ def workload_key(bench: Workbench, settings: ProfileSettings) -> dict[str, Any]:
         num_labels=len(bench.label_names),
         batch_size=train.batch_size,
         max_length=config.model.max_length,
+        precision=train.precision,
+        device=model_device(bench.model).type,
         ranks=list(structure.ranks),
         lora_alpha=structure.alpha,
         lora_dropout=structure.dropout,
