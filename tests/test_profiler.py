@@ -241,3 +241,22 @@ def test_the_methods_rank_layouts_share_one_timing_key(tmp_path):
     for method in ("legend", "hetlora"):
         differ = {k for k in keys["fedquad"] if keys[method][k] != keys["fedquad"][k]}
         assert differ == set(TIMING_FREE), method
+
+
+def test_padded_batches_are_profiled_at_the_full_length_never_trimmed(workload):
+    model, parts, structure = workload
+    train = TrainConfig(local_steps=1, batch_size=4)  # trim_batches on, as by default
+    quant, settings = QuantConfig(), ProfileSettings(timed_steps=1)
+    timing = StepTiming(f=1.0, g=2.0, o=3.0, c=4.0, timed=((1, 0, 9.0), (6, 0, 9.0)))
+    padded = make_batch(4, 32)
+    padded["attention_mask"][:, 10:] = 0  # every sample is shorter than the sequence length
+    full = make_batch(4, 32)
+    args = (model, parts, structure)
+    profiled = profile_workload(*args, padded, train, quant, settings, timing=timing)
+    reference = profile_workload(*args, full, train, quant, settings, timing=timing)
+    assert profiled.saved_bytes == reference.saved_bytes
+    assert profiled.saved_bytes_bottom == reference.saved_bytes_bottom
+    # while the trainer itself cuts the same batch, and saves less
+    step = _step(workload, padded, DeviceConfig(depth=6), train)
+    assert step.trimmed
+    assert step.saved.total < saved_bytes(profiled, DeviceConfig(depth=6))

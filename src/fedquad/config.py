@@ -30,6 +30,8 @@ Weighting = Literal["samples", "uniform"]
 QuantPosition = Literal["bottom", "top"]
 QuantBits = Literal[8, 4, 2]
 Task = Literal["classification", "causal-lm"]
+Precision = Literal["fp32", "bf16"]
+TrainDevice = Literal["auto", "cpu", "cuda", "mps"]
 
 # The allowed values as tuples, for messages and for callers that list them.
 DEADLINES: tuple[Deadline, ...] = typing.get_args(Deadline)
@@ -42,6 +44,8 @@ WEIGHTINGS: tuple[Weighting, ...] = typing.get_args(Weighting)
 QUANT_POSITIONS: tuple[QuantPosition, ...] = typing.get_args(QuantPosition)
 QUANT_BITS: tuple[QuantBits, ...] = typing.get_args(QuantBits)
 TASKS: tuple[Task, ...] = typing.get_args(Task)
+PRECISIONS: tuple[Precision, ...] = typing.get_args(Precision)
+TRAIN_DEVICES: tuple[TrainDevice, ...] = typing.get_args(TrainDevice)
 
 
 @dataclass
@@ -162,6 +166,16 @@ class TrainConfig:
     eval_batch_size: int = 64
     """Examples per batch when the server evaluates the global model."""
 
+    trim_batches: bool = True
+    """Cut each training batch to its longest sample: exact under the attention mask (right
+    padding), and a short sample then costs what it is. The cost profile and the virtual clock
+    still describe batches of ``model.max_length`` tokens."""
+    precision: Precision = "fp32"
+    """``fp32``, or ``bf16``: autocast, with the frozen base weights stored in bfloat16 (LoRA,
+    head and optimizer state stay float32). Evaluation and profiling run in it too."""
+    device: TrainDevice = "auto"
+    """Where the model trains: ``auto`` (cuda if present, else mps, else cpu), cpu, cuda or mps."""
+
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_positive("train.local_steps", self.local_steps)
@@ -170,6 +184,12 @@ class TrainConfig:
         _check_number_above_zero("train.lr", self.lr)
         if self.head_lr is not None and not self.head_lr > 0:
             raise FedquadError(f"train.head_lr = {self.head_lr!r}: use a number > 0")
+        if not isinstance(self.trim_batches, bool):
+            raise FedquadError(
+                f"train.trim_batches = {self.trim_batches!r} is not allowed: use true or false"
+            )
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.device", self.device, TRAIN_DEVICES)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from fedquad.models.registry import (
 )
 from fedquad.planners import global_ranks
 from fedquad.train.generate import PromptTestSet
+from fedquad.train.placement import model_device, place_model
 
 BUILTIN_FLEETS = (*TIERED_FLEETS, "uniform")
 
@@ -152,6 +153,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_base_model(config: ExperimentConfig, num_labels: int = 2) -> tuple[Any, ModelParts]:
+    """The pretrained model of ``config`` (a classifier with ``num_labels`` classes, or a causal
+    LM) and its parts; every process that trains (the server's, a worker) loads it so."""
+    if config.model.task == "causal-lm":
+        model = load_causal_lm(config.model.name)
+        # The LM head (often tied to the input embeddings) is neither trained nor exchanged:
+        # only the blocks' LoRA is federated.
+        return model, dataclasses.replace(describe_model(model), head_names=[])
+    model = load_sequence_classifier(config.model.name, num_labels)
+    return model, describe_model(model)
+
+
+def with_lora(
+    config: ExperimentConfig, model: Any, parts: ModelParts, structure: LoraStructure
+) -> Any:
+    """``model`` with the LoRA of ``structure``, on the run's device and in its precision."""
+    peft_model = attach_lora(model, parts, structure)
+    place_model(peft_model, config.train.device, config.train.precision)
+    if config.model.task == "causal-lm":
+        keep_answer_logits(peft_model)
+    return peft_model
+
+
 def build_workbench(config: ExperimentConfig) -> Workbench:
     """Load and partition the data and the model for ``config`` (validated first)."""
     config.validate()
@@ -169,11 +193,10 @@ def build_workbench(config: ExperimentConfig) -> Workbench:
         max_test_samples=dc.max_test_samples,
     )
     tokenizer = load_tokenizer(config.model.name)
-    model = load_sequence_classifier(config.model.name, data.num_labels)
-    parts = describe_model(model)
+    model, parts = load_base_model(config, data.num_labels)
     _check_positions(config, model)
     structure = method_structure(config, parts.num_blocks)
-    peft_model = attach_lora(model, parts, structure)
+    peft_model = with_lora(config, model, parts, structure)
     train_tok = tokenize_dataset(data.train, tokenizer, config.model.max_length)
     return Workbench(
         config=config,
@@ -205,14 +228,10 @@ def _causal_lm_workbench(config: ExperimentConfig, fleet: FleetSpec) -> Workbenc
             "(only recast classification data such as fine-foods-prompts does): use iid"
         )
     tokenizer = load_tokenizer(config.model.name)
-    model = load_causal_lm(config.model.name)
-    # The LM head (often tied to the input embeddings) is neither trained nor exchanged: only
-    # the blocks' LoRA is federated.
-    parts = dataclasses.replace(describe_model(model), head_names=[])
+    model, parts = load_base_model(config)
     _check_positions(config, model)
     structure = method_structure(config, parts.num_blocks)
-    peft_model = attach_lora(model, parts, structure)
-    keep_answer_logits(peft_model)
+    peft_model = with_lora(config, model, parts, structure)
     length = config.model.max_length
     train_tok = tokenize_pairs(data.train, tokenizer, length)
     test_tok = tokenize_pairs(data.test, tokenizer, length, with_prompts=True)
@@ -307,6 +326,8 @@ def workload_key(bench: Workbench, settings: ProfileSettings) -> dict[str, Any]:
         num_labels=len(bench.label_names),
         batch_size=train.batch_size,
         max_length=config.model.max_length,
+        precision=train.precision,
+        device=model_device(bench.model).type,
         ranks=list(structure.ranks),
         lora_alpha=structure.alpha,
         lora_scale=structure.scale,

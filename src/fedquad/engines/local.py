@@ -23,6 +23,7 @@ from fedquad.models.registry import ModelParts
 from fedquad.server.faults import CORRUPT, CRASH, DELAY, OOM
 from fedquad.server.messages import TrainInstruction, TrainReply
 from fedquad.train.local import TrainResult, evaluate, train_local
+from fedquad.train.placement import release_cached_memory
 
 _OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
 """What the allocators that raise a plain RuntimeError say (the second: torch's CPU one)."""
@@ -110,6 +111,7 @@ def train_device(
         retry["failed_config"] = instruction.config.as_dict()
     error = "out of memory (no fallback config)"
     if result is None and instruction.fallback is not None:
+        release_cached_memory()
         try:
             result = attempt(instruction.fallback)
             retry["used_config"] = instruction.fallback.as_dict()

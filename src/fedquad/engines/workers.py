@@ -86,37 +86,20 @@ class WorkerSetup:
     """The parent's :func:`frozen_checksum`."""
 
 
-def build_model(config: ExperimentConfig, num_labels: int, structure: LoraStructure) -> Any:
-    """The model with LoRA as :func:`fedquad.workbench.build_workbench` builds it, and its parts."""
-    from fedquad.models.causal_lm import keep_answer_logits
-    from fedquad.models.lora import attach_lora
-    from fedquad.models.registry import describe_model, load_causal_lm, load_sequence_classifier
-
-    if config.model.task == "causal-lm":
-        model = load_causal_lm(config.model.name)
-        parts = dataclasses.replace(describe_model(model), head_names=[])
-        peft_model = attach_lora(model, parts, structure)
-        keep_answer_logits(peft_model)
-    else:
-        model = load_sequence_classifier(config.model.name, num_labels)
-        parts = describe_model(model)
-        peft_model = attach_lora(model, parts, structure)
-    return peft_model, parts
-
-
 def _worker_main(conn: Connection, setup: WorkerSetup) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops its workers
     torch.set_num_threads(1)
     import tomllib
 
-    from fedquad.workbench import seed_everything
     from fedquad.config import from_dict
     from fedquad.quiet import quiet_libraries
+    from fedquad.workbench import load_base_model, seed_everything, with_lora
 
     quiet_libraries()
     config = from_dict(tomllib.loads(setup.config_toml))
     seed_everything(config.seed)  # the parent's order: seed, then build
-    model, parts = build_model(config, setup.num_labels, setup.structure)
+    base, parts = load_base_model(config, setup.num_labels)
+    model = with_lora(config, base, parts, setup.structure)
     checksum = frozen_checksum(model)
     if checksum != setup.checksum:
         conn.send(("error", f"frozen weights differ from the server's ({config.model.name})"))

@@ -265,7 +265,10 @@ def _report(
         step_seconds=step_seconds(profile, config, device.slowdown) * _delay(reply),
         uplink=device.uplink,
         downlink=device.downlink,
-        saved_bytes=reply.measurements.get("peak_saved_bytes"),
+        # trimmed batches save less than the configured sequence length, which the profile describes
+        saved_bytes=None
+        if reply.measurements.get("trimmed")
+        else reply.measurements.get("peak_saved_bytes"),
     )
 
 
