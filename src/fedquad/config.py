@@ -233,6 +233,18 @@ class ProfileConfig:
 
     timed_steps: int = 4
     """Timed steps per timing point (after one warm-up); the fastest is used."""
+    timing: str = "reference"
+    """Where the time terms ``f, g, o, c`` come from: ``"reference"``, the ones shipped with the
+    package for this workload (measured once on an idle machine; a workload without one is
+    measured here, with a warning); ``"measure"``, measured on this host (cached); or the path of
+    a timing file written by ``fedquad profile --export``. Saved bytes are always measured."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.timing, str) or not self.timing.strip():
+            raise FedquadError(
+                f"profile.timing = {self.timing!r} is not allowed: "
+                "use 'reference', 'measure' or the path of a timing file"
+            )
 
 
 @dataclass
