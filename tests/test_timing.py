@@ -215,3 +215,18 @@ def test_the_same_run_under_load_gives_the_same_metrics(tmp_path, monkeypatch):
     assert copied.timing == TIMING and copied.key == key
     recorded = idle.summary["provenance"]["timing"]
     assert recorded["source"] == "reference" and recorded["hash"] == copied.hash
+
+
+def test_provenance_names_code_libraries_host_and_timing(tmp_path):
+    from fedquad.report.provenance import git_commit, provenance
+
+    timing = {"source": "reference", "file": "x.json", "hash": "abc"}
+    record = provenance(threads=1, precision="bf16", timing=timing)
+    for name in ("fedquad", "torch", "transformers", "peft", "flwr", "cpu", "git_commit"):
+        assert name in record, name
+    assert record["torch"] == torch.__version__ and record["transformers"]
+    assert (record["threads"], record["device"], record["precision"]) == (1, "cpu", "bf16")
+    assert record["timing"] == timing
+    commit = git_commit()  # the tests run from a checkout
+    assert commit is not None and len(commit) == 40
+    assert git_commit(tmp_path) is None

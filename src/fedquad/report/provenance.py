@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
+from collections.abc import Mapping
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -45,9 +47,10 @@ def library_version(name: str) -> str | None:
 
 
 @cache
-def git_commit() -> str | None:
-    """The commit of the checkout fedquad is imported from, or None (an installed package)."""
-    here = Path(__file__).resolve().parent
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit of the checkout fedquad is imported from (or of ``where``), or None outside
+    a git checkout (an installed package)."""
+    here = where or Path(__file__).resolve().parent
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"],
@@ -72,3 +75,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def comparison_provenance(run_dirs: Mapping[str, Path]) -> dict[str, Any]:
+    """A comparison's provenance: this process's (which wrote the tables) and each run's, as
+    its ``summary.json`` recorded it (None where it has none)."""
+    runs: dict[str, Any] = {}
+    for label, run_dir in run_dirs.items():
+        try:
+            runs[label] = json.loads((Path(run_dir) / "summary.json").read_text())["provenance"]
+        except (OSError, ValueError, KeyError, TypeError):
+            runs[label] = None
+    return {"report": provenance(), "runs": runs}
