@@ -217,6 +217,28 @@ def test_the_same_run_under_load_gives_the_same_metrics(tmp_path, monkeypatch):
     assert recorded["source"] == "reference" and recorded["hash"] == copied.hash
 
 
+def test_resume_uses_the_runs_own_timing_copy(tmp_path):
+    import shutil
+
+    from fedquad.api import TIMING_FILE, resume
+
+    config = load_config(None, [*TINY, f"output_dir='{tmp_path}'", "profile.timing='measure'"])
+    first = fedquad.run(config)
+    copy = read_timing(first.run_dir / TIMING_FILE)
+    assert json.loads((first.run_dir / TIMING_FILE).read_text())["source"] == "measure"
+    assert copy.key["measure_threads"] == torch.get_num_threads()
+    slower = dataclasses.replace(copy, timing=dataclasses.replace(copy.timing, c=copy.timing.c + 1))
+    write_timing(first.run_dir / TIMING_FILE, slower)
+    shutil.rmtree(first.run_dir / "checkpoint")  # as if killed before its first checkpoint
+    again = resume(first.run_dir)
+    assert again.summary["virtual_seconds"] > first.summary["virtual_seconds"]
+    assert again.summary["provenance"]["timing"] == {
+        "source": "recorded",
+        "file": str(first.run_dir / TIMING_FILE),
+        "hash": slower.hash,
+    }
+
+
 def test_provenance_names_code_libraries_host_and_timing(tmp_path):
     from fedquad.report.provenance import git_commit, provenance
 

@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         "show", help="each tier's budget and largest feasible depth for the config's workload"
     )
     _config_args(fleet_show)
-    fleet_show.add_argument("--fleet", help="fleet TOML file or built-in name (default, uniform)")
+    fleet_show.add_argument(
+        "--fleet", help="fleet TOML file or built-in name (default, default-jetson, uniform)"
+    )
     plan = sub.add_parser(
         "plan", help="print the config the method gives each sampled device in one round"
     )

@@ -171,8 +171,9 @@ class FleetConfig:
     """The simulated devices (docs/methods.md §6)."""
 
     name: str = "default"
-    """``default`` (small/medium/large tiers 30/40/10), ``uniform`` (identical devices as fast
-    as this host, memory for any config), or a fleet TOML file."""
+    """``default`` (small/medium/large tiers 30/40/10), ``default-jetson`` (the same, each step
+    timed by the Jetson boards' composition, docs/methods.md §6), ``uniform`` (identical devices
+    as fast as this host, memory for any config), or a fleet TOML file."""
     kappa: float = 0.1
     """Safety margin: a config fits a device when its memory is at most (1 - kappa) x budget."""
     capacity_gamma: float = 0.7

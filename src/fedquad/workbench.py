@@ -17,8 +17,8 @@ import torch
 from peft import PeftModel
 
 from fedquad.config import ExperimentConfig
-from fedquad.cost.fleet import FleetSpec, Tier, default_fleet, load_fleet
-from fedquad.cost.model import CostProfile
+from fedquad.cost.fleet import FleetSpec, Tier, default_fleet, load_fleet, with_composition
+from fedquad.cost.model import COMPOSITIONS, CostProfile
 from fedquad.cost.profiler import (
     ProfileSettings,
     StepTiming,
@@ -63,7 +63,9 @@ from fedquad.models.registry import (
 from fedquad.planners import global_ranks
 from fedquad.train.generate import PromptTestSet
 
-BUILTIN_FLEETS = ("default", "uniform")
+BUILTIN_FLEETS = ("default", "default-jetson", "uniform")
+"""``default-jetson``: the default fleet with every tier timed by the ``jetson`` step
+composition (docs/methods.md §6, §8: the board clock beside the host's)."""
 
 
 @dataclass
@@ -119,7 +121,9 @@ def resolve_fleet(config: ExperimentConfig) -> FleetSpec:
     """The config's fleet, with ``federation.num_devices`` / ``devices_per_round`` applied."""
     fed, name = config.federation, config.fleet.name
     if name in BUILTIN_FLEETS:
-        spec = default_fleet() if name == "default" else uniform_fleet()
+        spec = uniform_fleet() if name == "uniform" else default_fleet()
+        if name == "default-jetson":
+            spec = with_composition(spec, COMPOSITIONS["jetson"])
         num = fed.num_devices or spec.num_devices
         per_round = fed.devices_per_round or min(spec.per_round, num)
         if per_round > num:

@@ -13,9 +13,11 @@ from fedquad.cost.fleet import (
     sample_round,
 )
 from fedquad.cost.model import (
+    COMPOSITIONS,
     CostProfile,
     LinkProfile,
     RoundTime,
+    StepComposition,
     download_bytes,
     fit_times,
     full_footprint,
@@ -29,11 +31,13 @@ from fedquad.cost.model import (
 )
 
 __all__ = [
+    "COMPOSITIONS",
     "CostProfile",
     "Device",
     "FleetSpec",
     "LinkProfile",
     "RoundTime",
+    "StepComposition",
     "Tier",
     "default_fleet",
     "devices_for_round",

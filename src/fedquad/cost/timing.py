@@ -92,6 +92,7 @@ class TimingSource:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "source": self.kind,  # what it was to the run that wrote it; not read back
             "key": self.key,
             "timing": self.timing.to_dict(),
             "provenance": self.provenance,
