@@ -164,6 +164,23 @@ def test_export_writes_a_timing_file_a_run_then_uses(tmp_path):
     assert result.timing.kind == "file" and result.timing.hash == source.hash
 
 
+def test_a_fit_over_one_depth_is_not_exported(tmp_path, monkeypatch):
+    import fedquad.workbench
+
+    one_depth = StepTiming(0.0, 0.0, 0.001, 0.05, ((1, 0, 0.05), (1, 1, 0.051)))
+    monkeypatch.setattr(fedquad.workbench, "measure_reference", lambda *_: one_depth)
+    bench = SimpleNamespace(
+        config=SimpleNamespace(train=None, quant=None),
+        model=None,
+        parts=None,
+        structure=SimpleNamespace(depth=1),
+        device_data=[{"labels": [0]}],
+    )
+    with pytest.raises(FedquadError, match="lora.depth = 1 times one depth only"):
+        fedquad.workbench.export_timing(bench, tmp_path / "t.json", force=True)
+    assert not (tmp_path / "t.json").exists()
+
+
 def _with_timing(config, option):
     return dataclasses.replace(config, profile=dataclasses.replace(config.profile, timing=option))
 
@@ -252,3 +269,20 @@ def test_provenance_names_code_libraries_host_and_timing(tmp_path):
     commit = git_commit()  # the tests run from a checkout
     assert commit is not None and len(commit) == 40
     assert git_commit(tmp_path) is None
+
+
+def test_profile_export_command_refuses_a_loaded_machine_and_writes_with_force(
+    tmp_path, monkeypatch, capsys
+):
+    import fedquad.workbench
+    from fedquad.cli import main
+
+    monkeypatch.setattr(fedquad.workbench, "load_average", lambda: 4.0)
+    sets = [x for o in [*TINY, "fleet.name='uniform'"] for x in ("--set", o)]
+    path = tmp_path / "t.json"
+    assert main(["profile", "--export", str(path), *sets]) == 2
+    assert "load average 4.00 is above 0.30" in capsys.readouterr().err and not path.exists()
+    assert main(["profile", "--export", str(path), "--force", "--repeats", "1", *sets]) == 0
+    stored = read_timing(path)
+    assert stored.provenance["forced"] and stored.provenance["load_before"] == 4.0
+    assert str(path) in capsys.readouterr().out

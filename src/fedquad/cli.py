@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument(
         "--force", action="store_true", help="with --export: measure even on a busy machine"
     )
+    profile.add_argument(
+        "--repeats",
+        type=int,
+        default=8,
+        help="with --export: round-robin visits of each timed point (default 8)",
+    )
     fleet = sub.add_parser("fleet", help="inspect a fleet")
     fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True)
     fleet_show = fleet_sub.add_parser(
@@ -111,7 +117,9 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
         from fedquad.workbench import export_timing
 
         with console.status("measuring the reference time terms (keep the machine idle)"):
-            source = export_timing(build_workbench(config), args.export, force=args.force)
+            source = export_timing(
+                build_workbench(config), args.export, force=args.force, repeats=args.repeats
+            )
         t, load = source.timing, source.provenance
         console.print(
             f"f={t.f:.6f} g={t.g:.6f} o={t.o:.6f} c={t.c:.6f} s (load "

@@ -342,6 +342,11 @@ def export_timing(
         config.quant,
         repeats,
     )
+    if not timing.shareable:
+        raise FedquadError(
+            f"lora.depth = {bench.structure.depth} times one depth only, which cannot tell g "
+            "from c: export a reference at a global LoRA depth of 2 or more"
+        )
     after = load_average()
     check_load(after, force, max_load, own=REFERENCE_THREADS)
     source = TimingSource(
