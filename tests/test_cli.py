@@ -118,6 +118,20 @@ def test_fleet_show_gives_each_tier_its_largest_feasible_depth(capsys, tmp_path)
     assert tiny.count("none") == 2  # 1 MiB holds no depth, quantized or not
 
 
+@pytest.mark.parametrize(
+    ("fleet", "tiers"),
+    [
+        ("papers", ["small", "medium", "large"]),
+        ("decorrelated", ["small-lowmem", "small-highmem", "large-highmem"]),
+    ],
+)
+def test_fleet_show_prints_the_built_in_fleets(capsys, fleet, tiers):
+    code, out, _ = run_cli(capsys, "fleet", "show", *WORKLOAD, "--fleet", fleet)
+    assert code == 0 and "80 devices, 10 per round" in out
+    rows = {line.split("│")[1].strip() for line in out.splitlines() if "│" in line}
+    assert set(tiers) <= rows
+
+
 def test_fleet_show_rejects_a_fleet_that_is_no_file(capsys):
     code, _, err = run_cli(capsys, "fleet", "show", "--fleet", "no-such-fleet")
     assert_one_line_error(code, err, "no-such-fleet")

@@ -19,6 +19,7 @@ from fedquad.data import (
     partition_dataset,
     tokenize_dataset,
 )
+from fedquad.data.partition import equal_sizes, label_shares
 from fedquad.errors import FedquadError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -432,6 +433,42 @@ def test_small_alpha_dirichlet_is_more_skewed_than_iid(indexed_train):
     dirichlet = label_skew(partition_dataset(indexed_train, 5, "dirichlet", alpha=0.2), 2)
     assert iid < 0.05
     assert dirichlet > iid + 0.15
+
+
+def skewed_labels(n: int, share0: float = 0.3) -> datasets.Dataset:
+    """``n`` rows, a ``share0`` of them class 0 and the rest class 1, in a shuffled order."""
+    zeros = round(share0 * n)
+    return datasets.Dataset.from_dict(
+        {"text": [f"t{i}" for i in range(n)], "label": [0] * zeros + [1] * (n - zeros)}
+    ).shuffle(seed=1)
+
+
+def class0_share_sd(parts: list[datasets.Dataset]) -> float:
+    shares = [sum(1 for y in part["label"] if y == 0) / len(part) for part in parts]
+    mean = sum(shares) / len(shares)
+    return (sum((s - mean) ** 2 for s in shares) / len(shares)) ** 0.5
+
+
+def test_inner_dirichlet_gives_floor_sizes_plus_one_to_the_first_devices():
+    parts = partition_dataset(skewed_labels(4003), 40, "inner-dirichlet", alpha=10.0)
+    assert [len(p) for p in parts] == [101] * 3 + [100] * 37
+    assert equal_sizes(10, 4) == [3, 3, 2, 2]
+
+
+def test_inner_dirichlet_draws_each_device_mix_around_the_global_shares():
+    train = skewed_labels(4000)
+    strong = class0_share_sd(partition_dataset(train, 40, "inner-dirichlet", alpha=1.0))
+    mild = class0_share_sd(partition_dataset(train, 40, "inner-dirichlet", alpha=10.0))
+    assert strong > mild + 0.1
+    # Dir(10·(0.3, 0.7)): a device's class-0 share has SD sqrt(0.3·0.7/11) ≈ 0.138 (plus the
+    # sampling of 100 rows); a symmetric Dir(10) would give about 0.08 here.
+    assert 0.11 < mild < 0.18
+
+
+def test_label_shares_are_in_class_id_order_and_need_every_id():
+    assert label_shares([1, 0, 1, 1]).tolist() == [0.25, 0.75]
+    with pytest.raises(FedquadError, match="class id from 0 to 2"):
+        label_shares([0, 2, 2])
 
 
 @pytest.mark.parametrize(

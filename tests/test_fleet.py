@@ -6,19 +6,25 @@ import dataclasses
 
 import pytest
 
+from fedquad.config import load_config
 from fedquad.cost.fleet import (
     MB,
     MIB,
+    TIERED_FLEETS,
     FleetSpec,
     Tier,
+    decorrelated_fleet,
     default_fleet,
     devices_for_round,
     fleet_to_toml,
     load_fleet,
+    papers_fleet,
     sample_available,
     sample_round,
 )
+from fedquad.cost.model import CostProfile, full_footprint, largest_feasible_depth
 from fedquad.errors import FedquadError
+from fedquad.workbench import resolve_fleet
 
 FOOTPRINT = 7_860_000
 
@@ -49,6 +55,90 @@ def test_default_fleet_matches_methods():
     assert all(t.uplink_mbps == (1.0, 3.0) and t.downlink_mbps == 15.0 for t in spec.tiers)
 
 
+def sst2_like() -> CostProfile:
+    """MiniLM-L6 with uniform rank 8 at batch 16, sequence 64 (the reproduction's workload):
+    the measured sequence-128 profile's numbers with half its saved activations."""
+    return CostProfile(
+        num_blocks=6,
+        frozen_weight_bytes=round(86.6 * MIB),
+        lora_params=(6912 * 8,) * 6,
+        head_params=770,
+        saved_bytes=(round(45.2 * MIB),) * 6,
+        saved_bytes_bottom=(round(44.0 * MIB),) * 6,
+        quant_ratio={8: 0.258, 4: 0.133, 2: 0.070},
+        head_saved_bytes=20_000,
+        f=0.045,
+        g=0.12,
+        o=0.025,
+        c=0.01,
+        lora_ranks=(8,) * 6,
+        saved_bytes_path=(round(30.0 * MIB),) * 6,
+    )
+
+
+def tier_depths(spec: FleetSpec, quantize: bool = False) -> dict[str, int | None]:
+    """Each tier's largest feasible depth on the SST-2-like workload, margin κ = 0.1."""
+    profile = sst2_like()
+    footprint = full_footprint(profile, 8)
+    return {
+        t.name: largest_feasible_depth(profile, t.budget_bytes(footprint), 0.1, quantize=quantize)
+        for t in spec.tiers
+    }
+
+
+def test_papers_fleet_has_the_default_speeds_on_the_prototype_memory_ladder():
+    spec, default = papers_fleet(), default_fleet()
+    assert (spec.num_devices, spec.per_round) == (80, 10)
+    assert [(t.name, t.count, t.slowdown) for t in spec.tiers] == [
+        (t.name, t.count, t.slowdown) for t in default.tiers
+    ]
+    assert [t.memory for t in spec.tiers] == [0.75, 1.15, 1.5]
+    # docs/methods.md §6: depth 1 fits every tier, full depth the medium and large ones only
+    assert tier_depths(spec) == {"small": tier_depths(spec)["small"], "medium": 6, "large": 6}
+    assert 1 <= (tier_depths(spec)["small"] or 0) < 6
+    # while the default fleet's small tier holds not even depth 1 unquantized
+    assert tier_depths(default)["small"] is None
+
+
+def test_decorrelated_fleet_splits_each_speed_class_into_low_and_high_memory():
+    spec = decorrelated_fleet()
+    assert (spec.num_devices, spec.per_round) == (80, 10)
+    assert [(t.name, t.count, t.slowdown, t.memory) for t in spec.tiers] == [
+        ("small-lowmem", 15, 2.66, 0.5),
+        ("small-highmem", 15, 2.66, 1.15),
+        ("medium-lowmem", 20, 1.44, 0.5),
+        ("medium-highmem", 20, 1.44, 1.15),
+        ("large-lowmem", 5, 1.0, 0.5),
+        ("large-highmem", 5, 1.0, 1.15),
+    ]
+    plain, quantized = tier_depths(spec), tier_depths(spec, quantize=True)
+    for name in plain:
+        if name.endswith("highmem"):
+            assert plain[name] == 6, name
+        else:  # where quantization lets a device go deeper, fast ones included
+            assert plain[name] is not None and plain[name] < quantized[name] == 6, name
+
+
+@pytest.mark.parametrize("name", ["default", "papers", "decorrelated"])
+def test_built_in_fleets_resolve_by_name_and_scale_to_the_asked_size(name):
+    full = resolve_fleet(load_config(None, [f"fleet.name='{name}'"]))
+    assert full == TIERED_FLEETS[name]()
+    small = resolve_fleet(
+        load_config(
+            None,
+            [f"fleet.name='{name}'", "federation.num_devices=16", "federation.devices_per_round=4"],
+        )
+    )
+    assert (small.num_devices, small.per_round) == (16, 4)
+    assert [t.count * 5 for t in small.tiers] == [t.count for t in full.tiers]
+
+
+def test_an_unknown_fleet_name_lists_the_built_in_ones():
+    names = "default, papers, decorrelated, default-jetson, papers-jetson, decorrelated-jetson"
+    with pytest.raises(FedquadError, match=f"{names}, uniform"):
+        resolve_fleet(load_config(None, ["fleet.name='paper'"]))
+
+
 def test_toml_round_trip(tmp_path):
     spec = default_fleet()
     assert load_fleet(write(tmp_path, fleet_to_toml(spec))) == spec
@@ -61,6 +151,8 @@ def test_toml_round_trip(tmp_path):
         base_slowdown=1.5,
     )
     assert load_fleet(write(tmp_path, fleet_to_toml(custom))) == custom
+    for built_in in (papers_fleet(), decorrelated_fleet()):
+        assert load_fleet(write(tmp_path, fleet_to_toml(built_in))) == built_in
 
 
 @pytest.mark.parametrize(

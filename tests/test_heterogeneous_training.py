@@ -188,7 +188,7 @@ def test_rank_r_forward_is_the_truncated_product_at_the_global_scale(trained_lik
     params = dict(model.named_parameters())
     a, b = params[a_name].detach().clone(), params[b_name].detach().clone()
     scale = module.scaling["default"]
-    assert scale == structure.alpha / structure.rank_of(5)  # alpha / 8, whatever the device rank
+    assert scale == structure.scale_of(5)  # alpha_5 / 8, whatever the device rank
     handles = truncate_rank(model, [a_name, b_name], 2)
     try:
         model.eval()

@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_args(fleet_show)
     fleet_show.add_argument(
-        "--fleet", help="fleet TOML file or built-in name (default, default-jetson, uniform)"
+        "--fleet",
+        help="fleet TOML file or built-in name (default, papers, decorrelated, uniform; "
+        "each tiered one also as <name>-jetson)",
     )
     plan = sub.add_parser(
         "plan", help="print the config the method gives each sampled device in one round"

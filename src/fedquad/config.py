@@ -7,6 +7,7 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ DEADLINES = ("anchored", "search", "adaptive")
 ROBUST_CHOICES = ("none", "median", "trimmed-mean")
 RANK_DISTRIBUTIONS = ("halving", "uniform", "linear")
 ENGINES = ("local", "flower-sim", "flower")
-PARTITIONS = ("iid", "dirichlet", "shards")
+PARTITIONS = ("iid", "dirichlet", "shards", "inner-dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
 WEIGHTINGS = ("samples", "uniform")
 QUANT_POSITIONS = ("bottom", "top")
@@ -67,9 +68,11 @@ class DataConfig:
     max_test_samples: int | None = None
     """Evaluate on at most this many test examples, drawn with the run's seed (default: all)."""
     partition: str = "dirichlet"
-    """How the training set is split across devices: iid, dirichlet (label skew) or shards."""
+    """How the training set is split across devices: iid, dirichlet (label skew per class),
+    inner-dirichlet (label mix per device, equal sizes; docs/methods.md §8) or shards."""
     alpha: float = 1.0
-    """Dirichlet concentration: smaller means more label skew."""
+    """Dirichlet concentration: smaller means more label skew. For inner-dirichlet, each
+    device's label mix is drawn from Dir(alpha · p), p the global label shares."""
     shards_per_partition: int = 2
     """Label-sorted shards each device gets (``partition = "shards"``)."""
     min_partition_size: int = 10
@@ -82,13 +85,25 @@ class LoraConfig:
     """Global LoRA depth D: the top D blocks carry LoRA (default: every block)."""
     rank: int = 8
     """Uniform LoRA rank ``r`` of every LoRA block (when `ranks` is not given)."""
-    alpha: float = 16.0
-    """PEFT's ``lora_alpha``: a LoRA module of rank ``r_l`` is scaled by ``alpha / r_l``."""
+    scale: float = 2.0
+    """LoRA scale ``alpha_l / r_l`` of every block: ``alpha_l = scale · r_l`` (docs/methods.md §5),
+    so blocks and methods of different ranks train at the same scale."""
+    alpha: float | None = None
+    """One fixed ``lora_alpha`` for every block instead (its scale then varies with the rank)."""
     dropout: float = 0.0
     """LoRA dropout. Off by default: on a CPU each LoRA layer's dropout mask costs about as much
     as the layer (0.84 → 0.56 s per MiniLM step at batch 16, sequence 64)."""
     ranks: list[int] | None = None
     """Per-block rank distribution from the output: ranks[0] is block L-1. Overrides `rank`."""
+
+    def __post_init__(self) -> None:
+        if not _positive_number(self.scale):
+            raise FedquadError(f"lora.scale = {self.scale!r} is not allowed: use a number > 0")
+        if self.alpha is not None and not _positive_number(self.alpha):
+            raise FedquadError(
+                f"lora.alpha = {self.alpha!r} is not allowed: use a number > 0, or leave it "
+                "unset for alpha = lora.scale x rank"
+            )
 
 
 @dataclass
@@ -171,9 +186,11 @@ class FleetConfig:
     """The simulated devices (docs/methods.md §6)."""
 
     name: str = "default"
-    """``default`` (small/medium/large tiers 30/40/10), ``default-jetson`` (the same, each step
-    timed by the Jetson boards' composition, docs/methods.md §6), ``uniform`` (identical devices
-    as fast as this host, memory for any config), or a fleet TOML file."""
+    """``default`` (small/medium/large tiers 30/40/10), ``papers`` (the same tiers with the
+    published prototype's memory ladder), ``decorrelated`` (each speed class split half low,
+    half high memory), each also as ``<name>-jetson`` (every step timed by the Jetson boards'
+    composition), ``uniform`` (identical devices as fast as this host, memory for any config),
+    or a fleet TOML file (docs/methods.md §6)."""
     kappa: float = 0.1
     """Safety margin: a config fits a device when its memory is at most (1 - kappa) x budget."""
     capacity_gamma: float = 0.7
@@ -482,6 +499,12 @@ def _drop_none(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
     return value
+
+
+def _positive_number(value: object) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and value > 0
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -17,8 +17,8 @@ import torch
 from peft import PeftModel
 
 from fedquad.config import ExperimentConfig
-from fedquad.cost.fleet import FleetSpec, Tier, default_fleet, load_fleet, with_composition
-from fedquad.cost.model import COMPOSITIONS, CostProfile
+from fedquad.cost.fleet import TIERED_FLEETS, FleetSpec, Tier, load_fleet
+from fedquad.cost.model import CostProfile
 from fedquad.cost.profiler import (
     ProfileSettings,
     StepTiming,
@@ -63,9 +63,7 @@ from fedquad.models.registry import (
 from fedquad.planners import global_ranks
 from fedquad.train.generate import PromptTestSet
 
-BUILTIN_FLEETS = ("default", "default-jetson", "uniform")
-"""``default-jetson``: the default fleet with every tier timed by the ``jetson`` step
-composition (docs/methods.md §6, §8: the board clock beside the host's)."""
+BUILTIN_FLEETS = (*TIERED_FLEETS, "uniform")
 
 
 @dataclass
@@ -121,9 +119,7 @@ def resolve_fleet(config: ExperimentConfig) -> FleetSpec:
     """The config's fleet, with ``federation.num_devices`` / ``devices_per_round`` applied."""
     fed, name = config.federation, config.fleet.name
     if name in BUILTIN_FLEETS:
-        spec = uniform_fleet() if name == "uniform" else default_fleet()
-        if name == "default-jetson":
-            spec = with_composition(spec, COMPOSITIONS["jetson"])
+        spec = TIERED_FLEETS[name]() if name in TIERED_FLEETS else uniform_fleet()
         num = fed.num_devices or spec.num_devices
         per_round = fed.devices_per_round or min(spec.per_round, num)
         if per_round > num:
@@ -158,7 +154,9 @@ def method_structure(config: ExperimentConfig, num_blocks: int) -> LoraStructure
     own (uniform rank ``r`` on ``lora.depth`` blocks, LEGEND's distribution, HetLoRA's top)."""
     lc = config.lora
     ranks = lc.ranks or global_ranks(config.method, config.planner, num_blocks, lc.rank, lc.depth)
-    return build_structure(num_blocks, len(ranks), lc.rank, ranks, lc.alpha, lc.dropout)
+    return build_structure(
+        num_blocks, len(ranks), lc.rank, ranks, alpha=lc.alpha, dropout=lc.dropout, scale=lc.scale
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -409,6 +407,7 @@ def workload_fields(bench: Workbench, settings: ProfileSettings) -> dict[str, An
         max_length=config.model.max_length,
         ranks=list(structure.ranks),
         lora_alpha=structure.alpha,
+        lora_scale=structure.scale,
         lora_dropout=structure.dropout,
         targets=block_linear_targets(parts),
         optimizer=train.optimizer,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,53 @@ def default_fleet() -> FleetSpec:
         per_round=10,
         base_slowdown=1.0,
     )
+
+
+def papers_fleet() -> FleetSpec:
+    """docs/methods.md §6: the default's tiers and speeds, memory on the published prototype's
+    4 : 6 : 8 ladder (0.75 / 1.15 / 1.5 × ``M(L, 0)``): depth 1 fits every tier, full depth
+    only the medium and large ones."""
+    tiers = default_fleet().tiers
+    memory = {"small": 0.75, "medium": 1.15, "large": 1.5}
+    return FleetSpec(
+        tiers=tuple(dataclasses.replace(t, memory=memory[t.name]) for t in tiers),
+        per_round=10,
+        base_slowdown=1.0,
+    )
+
+
+def decorrelated_fleet() -> FleetSpec:
+    """docs/methods.md §6: the default's three speed classes, each split in half at 0.5 and
+    1.15 × ``M(L, 0)``: memory independent of speed, so a fast device may have little memory."""
+    halves = (("lowmem", 0.5), ("highmem", 1.15))
+    tiers = []
+    for tier in default_fleet().tiers:
+        low_count = tier.count // 2
+        counts = (low_count, tier.count - low_count)
+        for (suffix, memory), count in zip(halves, counts, strict=True):
+            name = f"{tier.name}-{suffix}"
+            tiers.append(dataclasses.replace(tier, name=name, count=count, memory=memory))
+    return FleetSpec(tiers=tuple(tiers), per_round=10, base_slowdown=1.0)
+
+
+_HOST_CLOCK_FLEETS: dict[str, Callable[[], FleetSpec]] = {
+    "default": default_fleet,
+    "papers": papers_fleet,
+    "decorrelated": decorrelated_fleet,
+}
+
+
+def _on_jetson(make: Callable[[], FleetSpec]) -> Callable[[], FleetSpec]:
+    return lambda: with_composition(make(), COMPOSITIONS["jetson"])
+
+
+TIERED_FLEETS: dict[str, Callable[[], FleetSpec]] = {
+    **_HOST_CLOCK_FLEETS,
+    **{f"{name}-jetson": _on_jetson(make) for name, make in _HOST_CLOCK_FLEETS.items()},
+}
+"""The built-in fleets of board tiers, by ``fleet.name``; ``<name>-jetson`` is the same fleet
+with every tier timed by the ``jetson`` step composition (docs/methods.md §6, §8: the board
+clock beside the host's)."""
 
 
 # --------------------------------------------------------------------------- validation

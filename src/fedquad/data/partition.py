@@ -7,9 +7,11 @@ import numbers
 import warnings
 
 import datasets
+import numpy as np
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
+    InnerDirichletPartitioner,
     Partitioner,
     ShardPartitioner,
 )
@@ -21,6 +23,8 @@ PARTITION_SCHEMES: dict[str, str] = {
     "iid": "uniformly random, equal-sized partitions",
     "dirichlet": "per-label proportions drawn from Dirichlet(alpha); smaller alpha = more skew",
     "shards": "label-sorted shards, shards_per_partition of them per device",
+    "inner-dirichlet": "each device's label mix drawn from Dirichlet(alpha x global label shares)"
+    ", equal sizes",
 }
 
 
@@ -36,9 +40,14 @@ def partition_dataset(
 ) -> list[datasets.Dataset]:
     """Split ``train`` into ``num_partitions`` non-empty, disjoint partitions.
 
-    The same ``seed`` gives identical partitions. "iid" and "dirichlet" use every row;
-    "shards" leaves out the ``len(train) % (num_partitions * shards_per_partition)``
+    The same ``seed`` gives identical partitions. "iid", "dirichlet" and "inner-dirichlet" use
+    every row; "shards" leaves out the ``len(train) % (num_partitions * shards_per_partition)``
     rows that do not fill a whole shard.
+
+    "dirichlet" draws, per class, how that class is spread over the devices; "inner-dirichlet"
+    (docs/methods.md §8) draws, per device, its label mix from ``Dir(alpha · p)`` with ``p`` the
+    global label shares, and gives every device ``⌊n/N⌋`` rows (one more for the first
+    ``n mod N``). It is the stronger skew at the same ``alpha``.
     """
     _check_scheme(scheme)
     _check_num_partitions(num_partitions, len(train))
@@ -118,7 +127,15 @@ def _make_partitioner(
         # IidPartitioner cuts contiguous blocks without shuffling: shuffle it ourselves.
         partitioner.dataset = train.shuffle(seed=seed)
         return partitioner
-    if scheme == "dirichlet":
+    if scheme == "inner-dirichlet":
+        _check_dirichlet(alpha, min_partition_size=1)
+        partitioner = InnerDirichletPartitioner(
+            partition_sizes=equal_sizes(len(train), num_partitions),
+            partition_by="label",
+            alpha=float(alpha) * label_shares(train["label"]),
+            seed=seed,
+        )
+    elif scheme == "dirichlet":
         _check_dirichlet(alpha, min_partition_size)
         partitioner = DirichletPartitioner(
             num_partitions=num_partitions,
@@ -140,6 +157,36 @@ def _make_partitioner(
     return partitioner
 
 
+def equal_sizes(num_rows: int, num_partitions: int) -> list[int]:
+    """``⌊n/N⌋`` rows per partition, one more for the first ``n mod N``: every row used."""
+    base, extra = divmod(num_rows, num_partitions)
+    return [base + (i < extra) for i in range(num_partitions)]
+
+
+def label_shares(labels: list[int]) -> np.ndarray:
+    """Each class's share of the rows, in class-id order.
+
+    flwr-datasets' ``InnerDirichletPartitioner`` takes class ``i`` to be label value ``i`` and
+    reads a scalar concentration as the symmetric ``Dir(alpha)``: so the concentration is given
+    as the vector ``alpha · p``, and every id from 0 to the largest must occur.
+    """
+    ids = np.asarray(labels)
+    if ids.size == 0 or not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0:
+        raise FedquadError(
+            "partition scheme 'inner-dirichlet' needs integer class ids 0, 1, ... in 'label'"
+        )
+    counts = np.bincount(ids)
+    missing = np.flatnonzero(counts == 0)
+    if missing.size:
+        raise FedquadError(
+            f"partition scheme 'inner-dirichlet' needs every class id from 0 to {ids.max()} "
+            f"among the training rows, and {int(missing[0])} has none: use more training rows "
+            "or another scheme"
+        )
+    shares: np.ndarray = counts / counts.sum()
+    return shares
+
+
 def _load_partitions(
     partitioner: Partitioner,
     num_partitions: int,
@@ -155,6 +202,11 @@ def _load_partitions(
             warnings.simplefilter("ignore", FutureWarning)
             parts = [partitioner.load_partition(i) for i in range(num_partitions)]
     except ValueError as exc:
+        if scheme == "inner-dirichlet":
+            raise FedquadError(
+                f"could not draw the label mixes of {num_partitions} devices with "
+                f"alpha={alpha}: {exc}; use a larger alpha"
+            ) from exc
         if scheme == "dirichlet":
             raise FedquadError(
                 f"could not give each of {num_partitions} devices at least "

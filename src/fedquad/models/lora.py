@@ -6,9 +6,14 @@ for FedRA, a subset of them whose lowest is ``L-d``), and nothing below its cut 
 grad, so autograd stores nothing there and backward stops at the cut.
 
 Rank truncation (HetLoRA, FlexLoRA): a device of rank ``r`` trains the first ``r`` rows of each
-``A`` and columns of each ``B``; the rest are zero on the device. PEFT scales every LoRA module by
-``alpha / r_l`` with ``r_l`` the block's *global* rank, whatever the device rank: one scale for the
-whole federation, so a truncated update and a full one add up in the same units.
+``A`` and columns of each ``B``; the rest are zero on the device. PEFT scales every LoRA module
+by ``alpha_l / r_l`` with ``r_l`` the block's *global* rank, whatever the device rank: one scale
+for the whole federation, so a truncated update and a full one add up in the same units.
+
+LoRA scale (docs/methods.md §5): by default every block has ``alpha_l = scale · r_l``, so every
+block of every method trains at the same ``alpha_l / r_l = scale``; with one fixed ``alpha`` a
+block's learning speed would depend on its rank, and a comparison of rank distributions would be
+a comparison of learning rates. A fixed ``alpha`` for every block remains available.
 """
 
 from __future__ import annotations
@@ -35,8 +40,11 @@ class LoraStructure:
     num_blocks: int
     ranks: tuple[int, ...]
     """Rank distribution from the output: ``ranks[0]`` is block ``L-1``; ``len(ranks) == D``."""
-    alpha: float = 16.0
+    alpha: float | None = None
+    """One fixed ``alpha`` for every block; unset: ``alpha_l = scale · r_l``."""
     dropout: float = 0.0
+    scale: float = 2.0
+    """``alpha_l / r_l`` of every block (unless ``alpha`` is set)."""
 
     @property
     def depth(self) -> int:
@@ -48,6 +56,14 @@ class LoraStructure:
 
     def rank_of(self, block: int) -> int:
         return self.ranks[self.num_blocks - 1 - block]
+
+    def alpha_of(self, block: int) -> float:
+        """PEFT's ``lora_alpha`` of the block: ``scale · r_l``, or the fixed ``alpha``."""
+        return self.alpha if self.alpha is not None else self.scale * self.rank_of(block)
+
+    def scale_of(self, block: int) -> float:
+        """The block's LoRA scale ``alpha_l / r_l`` (of its global rank)."""
+        return self.alpha_of(block) / self.rank_of(block)
 
     def span(self, depth: int) -> range:
         """Blocks at and above a device's cut: what its backward pass reaches."""
@@ -89,8 +105,9 @@ def build_structure(
     depth: int | None = None,
     rank: int = 8,
     ranks: list[int] | None = None,
-    alpha: float = 16.0,
+    alpha: float | None = None,
     dropout: float = 0.0,
+    scale: float = 2.0,
 ) -> LoraStructure:
     """A structure from the config: uniform ``rank`` unless a per-block ``ranks`` list is given."""
     if ranks is not None:
@@ -106,7 +123,9 @@ def build_structure(
             f"lora.ranks has {len(ranks)} entries: give one per LoRA block ({depth})"
         )
     chosen = tuple(ranks) if ranks is not None else (rank,) * depth
-    return LoraStructure(num_blocks=num_blocks, ranks=chosen, alpha=alpha, dropout=dropout)
+    return LoraStructure(
+        num_blocks=num_blocks, ranks=chosen, alpha=alpha, dropout=dropout, scale=scale
+    )
 
 
 def block_linear_targets(parts: ModelParts) -> list[str]:
@@ -120,19 +139,28 @@ def block_linear_targets(parts: ModelParts) -> list[str]:
 
 
 def attach_lora(model: nn.Module, parts: ModelParts, structure: LoraStructure) -> PeftModel:
-    """Wrap ``model`` with PEFT LoRA on the top ``D`` blocks, per-block ranks, trainable head."""
+    """Wrap ``model`` with PEFT LoRA on the top ``D`` blocks, per-block ranks and alphas,
+    trainable head."""
     prefix = re.escape(parts.block_prefix)
-    rank_pattern = {
-        rf"{prefix}\.{block}\..*": structure.rank_of(block) for block in structure.lora_blocks
-    }
+
+    def key(block: int) -> str:
+        return rf"{prefix}\.{block}\..*"
+
+    # PEFT takes the first pattern that matches a module: both patterns share their keys, so a
+    # module's rank and alpha always come from the same block.
+    rank_pattern = {key(block): structure.rank_of(block) for block in structure.lora_blocks}
+    alpha_pattern = {key(block): structure.alpha_of(block) for block in structure.lora_blocks}
+    top = structure.num_blocks - 1
     config = LoraConfig(
-        r=structure.ranks[0],
-        lora_alpha=structure.alpha,  # type: ignore[arg-type]  # PEFT accepts floats
+        r=structure.rank_of(top),
+        lora_alpha=structure.alpha_of(top),  # type: ignore[arg-type]  # PEFT accepts floats
         lora_dropout=structure.dropout,
         target_modules=block_linear_targets(parts),
         layers_to_transform=list(structure.lora_blocks),
         layers_pattern=parts.block_prefix.rsplit(".", 1)[-1],
         rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        use_rslora=False,  # the scale is alpha_l / r_l, not alpha_l / sqrt(r_l)
         modules_to_save=list(parts.head_names) or None,
     )
     return get_peft_model(model, config)
@@ -235,7 +263,7 @@ def truncate_rank(model: nn.Module, names: list[str], rank: int) -> list[Removab
 
     Components ``rank:`` are zeroed in both factors, which already gives them zero gradients;
     the gradients are masked as well so that they stay exactly zero whatever else touches them.
-    The module's scale stays PEFT's ``alpha / r_l`` of the global rank (see the module
+    The module's scale stays PEFT's ``alpha_l / r_l`` of the global rank (see the module
     docstring). Remove the returned hooks when the device is done.
     """
     check_rank(rank)

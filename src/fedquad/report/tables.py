@@ -79,8 +79,10 @@ def fleet_table(
             f"M(L, 0) = {_mib(footprint)} MiB, margin κ = {kappa}"
         )
     )
-    for name in ["tier", "n", "σ", "step", "budget MiB", "up MB/s", "down MB/s", "online"]:
-        table.add_column(name, justify="right" if name != "tier" else "left")
+    # tier names are what tells the rows apart: never cut them
+    table.add_column("tier", no_wrap=True, min_width=max(len(t.name) for t in spec.tiers))
+    for name in ["n", "σ", "step", "budget MiB", "up MB/s", "down MB/s", "online"]:
+        table.add_column(name, justify="right")
     table.add_column("max depth", justify="right")
     table.add_column(f"max depth q=d {bits}b", justify="right")
     for tier in spec.tiers:
