@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+import torch
 
 from fedquad.cli import main
 from fedquad.compare import parse_methods
@@ -248,3 +249,8 @@ def test_compare_command_end_to_end(capsys, tmp_path):
     assert any(m["reached"] for m in data["methods"])
     for name in ("accuracy.png", "bytes.png", "tier_choices.png", "memory.png"):
         assert _is_png(comparison / name)
+    # what produced it, and one clock for both methods
+    runs = data["provenance"]["runs"]
+    assert set(runs) == {"fedquad", "fedlora"} and runs["fedquad"]["torch"] == torch.__version__
+    assert runs["fedquad"]["timing"]["hash"] == runs["fedlora"]["timing"]["hash"]
+    assert data["provenance"]["report"]["fedquad"] == runs["fedquad"]["fedquad"]

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedquad.config import ExperimentConfig, load_config
 from fedquad.cost.fleet import fleet_to_toml, load_fleet
 from fedquad.cost.model import CostProfile
+from fedquad.cost.timing import TimingSource, read_timing, with_timing
 from fedquad.engines import execute
 from fedquad.errors import FedquadError
 from fedquad.models.lora import get_state, load_state
@@ -18,6 +21,7 @@ from fedquad.quiet import quiet_libraries
 from fedquad.report.compare import time_to_target
 from fedquad.report.plots import write_run_plots
 from fedquad.report.progress import RoundProgress
+from fedquad.report.provenance import provenance
 from fedquad.report.results import RunWriter, default_run_name, new_run_dir, read_metrics
 from fedquad.report.tensorboard import TensorBoardLog
 from fedquad.server.checkpoint import (
@@ -33,6 +37,8 @@ from fedquad.train.generate import causal_lm_summary
 from fedquad.workbench import Workbench, build_workbench, seed_everything, workload_profile
 
 CHECKPOINT_DIR = "checkpoint"
+TIMING_FILE = "timing.json"
+"""The time terms a run used (a timing file), which ``--resume`` uses again."""
 
 TARGET_FRACTION = 0.95
 """Without a set target, "time to target" is the time to 95% of the final accuracy."""
@@ -51,15 +57,17 @@ def run(config: ExperimentConfig, *, progress: bool = False) -> RunResult:
     quiet_libraries()
     seed_everything(config.seed)
     bench = build_workbench(config)
-    profile = workload_profile(bench).profile
+    measured = workload_profile(bench)
+    profile, timing = measured.profile, measured.timing
     name = config.run_name or default_run_name(
         config.method, config.data.name, config.model.name, config.seed
     )
     writer = RunWriter(new_run_dir(config.output_dir, name))
     writer.write_config(config.to_toml())
     writer.write_json("cost_profile.json", profile.to_dict())
+    writer.write_json(TIMING_FILE, timing.to_dict())
     writer.write_text("fleet.toml", fleet_to_toml(bench.fleet))
-    return _execute(bench, profile, writer, progress)
+    return _execute(bench, profile, writer, progress, timing=timing)
 
 
 def resume(run_dir: str | Path, *, progress: bool = False) -> RunResult:
@@ -81,11 +89,15 @@ def resume(run_dir: str | Path, *, progress: bool = False) -> RunResult:
     bench = build_workbench(config)
     bench.fleet = load_fleet(run_dir / "fleet.toml")
     profile = CostProfile.from_dict(json.loads((run_dir / "cost_profile.json").read_text()))
+    timing = None
+    if (run_dir / TIMING_FILE).is_file():  # the time terms the run started with
+        timing = read_timing(run_dir / TIMING_FILE, kind="recorded")
+        profile = with_timing(profile, timing.timing)
     writer = RunWriter(run_dir)
     # rounds after the checkpoint were lost with the process: run them again
     done = 0 if checkpoint is None else checkpoint.round
     writer.keep_metrics(lambda record: record["round"] <= done)
-    return _execute(bench, profile, writer, progress, checkpoint)
+    return _execute(bench, profile, writer, progress, checkpoint, timing)
 
 
 def _execute(
@@ -94,6 +106,7 @@ def _execute(
     writer: RunWriter,
     progress: bool,
     checkpoint: Checkpoint | None = None,
+    timing: TimingSource | None = None,
 ) -> RunResult:
     config = bench.config
     fed = config.federation
@@ -133,6 +146,12 @@ def _execute(
     )
     summary = summarize(config, metrics, bench.label_names, bench.parts.num_blocks)
     summary["adapter_dir"] = str(writer.adapter_dir)
+    summary["provenance"] = provenance(
+        threads=torch.get_num_threads(),
+        device=getattr(config.train, "device", "cpu"),
+        precision=getattr(config.train, "precision", "fp32"),
+        timing=None if timing is None else timing.describe(),
+    )
     summary.update(causal_lm_summary(metrics, bench.test_data))
     writer.write_summary(summary)
     write_run_plots(writer.dir, metrics, f"{config.method} on {config.data.name}")

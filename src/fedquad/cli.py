@@ -45,6 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_args(profile)
     profile.add_argument("--refresh", action="store_true", help="measure again, ignoring the cache")
+    profile.add_argument(
+        "--export",
+        metavar="PATH",
+        help="measure the time terms by the reference method (one thread, interleaved depths) "
+        "and write them as a timing file for profile.timing",
+    )
+    profile.add_argument(
+        "--force", action="store_true", help="with --export: measure even on a busy machine"
+    )
+    profile.add_argument(
+        "--repeats",
+        type=int,
+        default=8,
+        help="with --export: round-robin visits of each timed point (default 8)",
+    )
     fleet = sub.add_parser("fleet", help="inspect a fleet")
     fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True)
     fleet_show = fleet_sub.add_parser(
@@ -52,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_args(fleet_show)
     fleet_show.add_argument(
-        "--fleet", help="fleet TOML file or built-in name (default, papers, decorrelated, uniform)"
+        "--fleet",
+        help="fleet TOML file or built-in name (default, papers, decorrelated, uniform; "
+        "each tiered one also as <name>-jetson)",
     )
     plan = sub.add_parser(
         "plan", help="print the config the method gives each sampled device in one round"
@@ -98,6 +115,19 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
     overrides = [*args.overrides, *([f"fleet.name={fleet!r}"] if fleet else [])]
     config = load_config(args.config, overrides)
     console = Console()
+    if getattr(args, "export", None):
+        from fedquad.workbench import export_timing
+
+        with console.status("measuring the reference time terms (keep the machine idle)"):
+            source = export_timing(
+                build_workbench(config), args.export, force=args.force, repeats=args.repeats
+            )
+        t, load = source.timing, source.provenance
+        console.print(
+            f"f={t.f:.6f} g={t.g:.6f} o={t.o:.6f} c={t.c:.6f} s (load "
+            f"{load['load_before']:.2f} before, {load['load_after']:.2f} after): {args.export}"
+        )
+        return 0
     with console.status("loading the workload and its cost profile (measured once, then cached)"):
         bench = build_workbench(config)
         result = workload_profile(bench, refresh=getattr(args, "refresh", False))
@@ -120,6 +150,8 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
             console.print(table)
         origin = "measured now" if result.measured_now else "from the cache"
         console.print(f"profile {origin}: {result.path}")
+        timing = result.timing
+        console.print(f"time terms: {timing.kind} {timing.origin or ''} (hash {timing.hash})")
     else:
         console.print(
             fleet_table(

@@ -26,6 +26,7 @@ from fedquad.report.compare import (
     markdown_table,
 )
 from fedquad.report.plots import write_comparison_plots
+from fedquad.report.provenance import comparison_provenance
 from fedquad.report.results import (
     atomic_write_text,
     default_run_name,
@@ -122,8 +123,7 @@ def report(
     rows = comparison_rows(metrics, chosen, {m: str(d) for m, d in dirs.items()})
     result = ComparisonResult(out, chosen, rows, metrics, dirs)
     atomic_write_text(out / "comparison.md", result.markdown())
-    atomic_write_text(
-        out / "comparison.json", json.dumps(comparison_json(rows, chosen), indent=2) + "\n"
-    )
+    data = {**comparison_json(rows, chosen), "provenance": comparison_provenance(dirs)}
+    atomic_write_text(out / "comparison.json", json.dumps(data, indent=2) + "\n")
     write_comparison_plots(metrics, None if chosen is None else chosen.accuracy, out)
     return result

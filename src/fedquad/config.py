@@ -304,8 +304,9 @@ class FleetConfig:
     name: str = "default"
     """``default`` (small/medium/large tiers 30/40/10), ``papers`` (the same tiers with the
     published prototype's memory ladder), ``decorrelated`` (each speed class split half low,
-    half high memory), ``uniform`` (identical devices as fast as this host, memory for any
-    config), or a fleet TOML file (docs/methods.md §6)."""
+    half high memory), each also as ``<name>-jetson`` (every step timed by the Jetson boards'
+    composition), ``uniform`` (identical devices as fast as this host, memory for any config),
+    or a fleet TOML file (docs/methods.md §6)."""
     kappa: float = 0.1
     """Safety margin: a config fits a device when its memory is at most (1 - kappa) x budget."""
     capacity_gamma: float = 0.7
@@ -414,9 +415,19 @@ class ProfileConfig:
 
     timed_steps: int = 4
     """Timed steps per timing point (after one warm-up); the fastest is used."""
+    timing: str = "reference"
+    """Where the time terms ``f, g, o, c`` come from: ``"reference"``, the ones shipped with the
+    package for this workload (measured once on an idle machine; a workload without one is
+    measured here, with a warning); ``"measure"``, measured on this host (cached); or the path of
+    a timing file written by ``fedquad profile --export``. Saved bytes are always measured."""
 
     def __post_init__(self) -> None:
         _check_positive("profile.timed_steps", self.timed_steps)
+        if not isinstance(self.timing, str) or not self.timing.strip():
+            raise FedquadError(
+                f"profile.timing = {self.timing!r} is not allowed: "
+                "use 'reference', 'measure' or the path of a timing file"
+            )
 
 
 @dataclass

@@ -57,16 +57,16 @@ from fedquad.train.placement import model_device, synchronize
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import HEAD, SavedBytes
 
-PROFILE_VERSION = 5
+PROFILE_VERSION = 6
 """Bump when what the profiler measures changes: old cache entries are then ignored."""
 
-TIMING_FREE = ("ranks",)
+TIMING_FREE = ("ranks", "lora_alpha", "lora_scale")
 """Key fields the step times are shared across. A rank of 16 or 24 instead of 8 changed a
 MiniLM step by −1% to +5% (measured interleaved, batch 16, sequence 64, depths 1 and 6), while
 load from other processes changed a fitted time term by up to 2.3x between two measurements
 minutes apart (SST-2 workload: f = 0.035 s idle, 0.078 s beside three other jobs). Timed
-separately, each method's rank layout would carry the load of its own moment into its virtual
-times."""
+separately, each method's rank layout (or per-block LoRA scale) would carry the load of its own
+moment into its virtual times."""
 
 BITS = (8, 4, 2)
 
