@@ -147,6 +147,9 @@ class FederationConfig:
     checkpoint_every: int = 1
     """Rounds between server checkpoints in the run directory (0: none); resume with
     ``fedquad run --resume DIR``."""
+    save_adapter_every: int = 0
+    """Rounds between snapshots of the global adapter, ``adapter/round-XXXX/`` in the run
+    directory (0: none; the final adapter is always saved in ``adapter/``)."""
     robust: str = "none"
     """Per-layer aggregation statistic: none (weighted mean), median or trimmed-mean
     (coordinate-wise, unweighted; per-layer methods only)."""
@@ -164,6 +167,14 @@ class FederationConfig:
     """Sample up to this fraction more devices than ``devices_per_round`` when devices have
     been failing: ``⌈k·p/(1-p)⌉`` more for the moving average ``p`` of the share of planned
     devices whose update was not aggregated (0: off)."""
+
+    def __post_init__(self) -> None:
+        every = self.save_adapter_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise FedquadError(
+                f"federation.save_adapter_every = {every!r}: use a whole number >= 0 "
+                "(0: only the final adapter)"
+            )
 
 
 @dataclass
