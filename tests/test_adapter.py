@@ -163,3 +163,32 @@ def test_every_file_of_the_run_has_the_same_mode(colour_run):
     assert len(modes) > 10
     odd = {name: oct(m) for name, m in modes.items() if m != 0o666 & ~umask}
     assert not odd
+
+
+def test_a_smollm2_adapter_records_its_base_is_the_dequantised_gguf():
+    from fedquad.models.adapter import adapter_metadata
+
+    meta = adapter_metadata("smollm2-135m", "causal-lm", [], 3)
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "Q4_1 GGUF" in meta["base_weights"] and "dequantised" in meta["base_weights"]
+    assert "GGUF" not in adapter_metadata("minilm", "classification", ["a"], 1)["base_weights"]
+
+
+def test_a_builtin_hub_id_is_the_local_copy_and_the_hub_own_copy_is_kept(tmp_path):
+    from fedquad.models.hub_cache import seed_hub_cache
+    from fedquad.models.registry import resolve_model
+
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+    assert resolve_model(hub_id) == resolve_model("minilm")
+    snapshot = seed_hub_cache(tmp_path, ["minilm"])[hub_id]
+    assert (snapshot / "config.json").is_file() and (snapshot / "tokenizer.json").is_file()
+    repo = tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2"
+    assert (repo / "refs" / "main").read_text() == snapshot.name
+    assert seed_hub_cache(tmp_path, ["minilm"])[hub_id] == snapshot  # again: the same one
+    # a copy downloaded from the hub is left as it is
+    (repo / "snapshots" / "abc123").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    assert seed_hub_cache(tmp_path, ["minilm"])[hub_id].name == "abc123"
+    assert (repo / "refs" / "main").read_text() == "abc123"
+    with pytest.raises(FedquadError, match="'gpt2' is not a built-in model; built-in: minilm"):
+        seed_hub_cache(tmp_path, ["gpt2"])
