@@ -7,6 +7,7 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -571,13 +572,38 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+"""The built-in configs (``--config quickstart``), shipped inside the package."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file, or the file of a built-in preset named without a directory or suffix
+    (a file of that name in the working directory wins)."""
+    path = Path(name)
+    preset = PRESETS_DIR / f"{path.name}.toml"
+    if not path.exists() and str(name) == path.name and not path.suffix and preset.is_file():
+        return preset
+    return path
+
+
+def _missing_config(path: Path) -> str:
+    presets = preset_names()
+    close = difflib.get_close_matches(path.stem, presets, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"config file '{path}' does not exist (built-in presets: {', '.join(presets)}){hint}"
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = config_path(path)
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise FedquadError(f"config file '{path}' does not exist") from None
+        raise FedquadError(_missing_config(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FedquadError(f"config file '{path}' cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
