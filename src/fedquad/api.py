@@ -17,6 +17,7 @@ from fedquad.cost.fleet import fleet_to_toml, load_fleet
 from fedquad.cost.model import CostProfile
 from fedquad.engines import execute
 from fedquad.errors import FedquadError
+from fedquad.extras import check_extras
 from fedquad.models.adapter import save_adapter
 from fedquad.models.hub_cache import seed_hub_cache
 from fedquad.models.lora import get_state, load_state
@@ -64,6 +65,7 @@ def run(
     """Run one federated fine-tuning experiment and write its results directory; ``on_round``
     gets each round's metrics record as soon as it is written."""
     config.validate()
+    check_extras(config)
     quiet_libraries()
     seed_everything(config.seed)
     bench = build_workbench(config)
@@ -95,6 +97,7 @@ def resume(
     else:
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_DIR)
     config = load_config(run_dir / "config.toml")
+    check_extras(config)
     quiet_libraries()
     seed_everything(config.seed)
     bench = build_workbench(config)
