@@ -87,3 +87,15 @@ def test_a_missing_extra_is_named_in_one_line(monkeypatch):
     check_extras(load_config(None, []))  # the local engine needs neither
     with pytest.raises(FedquadError, match="pip install 'fedquad\\[flower\\]'"):
         require("ray", "x")
+
+
+def test_version_is_the_package_version(capsys):
+    import fedquad
+    from fedquad.cli import main
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert fedquad.__version__ == project["version"]
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"fedquad {project['version']}\n"

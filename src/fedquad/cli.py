@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from fedquad import __version__
 from fedquad.errors import FedquadError
 
 EXIT_USAGE = 2
@@ -22,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedquad", description="Federated LoRA fine-tuning on heterogeneous devices."
     )
+    parser.add_argument("--version", action="version", version=f"fedquad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one federated fine-tuning experiment")
     run.add_argument(
