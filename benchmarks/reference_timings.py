@@ -7,7 +7,7 @@ Run it alone on an idle machine: nothing beside it, not even the tests. Each wor
 by ``fedquad profile --export``'s method (one thread, the points ``(1,0), (⌈D/2⌉,0), (D,0), (D,D)``
 visited round-robin, the fastest step of each, batches padded to ``max_length``) and is refused
 when the load average is above 0.3 unless ``--force``. The workloads: every preset in
-``presets/``, the reproduction workload of docs/methods.md §8 (MiniLM on SST-2, sequence 64,
+the package's presets, the reproduction workload of docs/methods.md §8 (MiniLM on SST-2, sequence 64,
 batch 16, fp32; its data from ``--sst2-dir`` or ``$FEDQUAD_SST2_DIR``, skipped without) and the
 fine-food comparison of ``benchmarks/reproduce.py``. Only the workload's shape enters a timing
 key, so the data are cut short here to load fast.
@@ -20,19 +20,18 @@ import os
 import time
 from pathlib import Path
 
-from fedquad.config import TrainConfig, load_config
+from fedquad.config import PRESETS_DIR, load_config
 from fedquad.cost.timing import TIMING_DIR_ENV
 from fedquad.errors import FedquadError
 from fedquad.quiet import quiet_libraries
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = ROOT / "presets"
 PACKAGE_TIMING = ROOT / "src" / "fedquad" / "timing"
 
 SMALL_DATA = ["data.max_train_samples=400", "data.max_test_samples=16"]
 """Not part of any timing key: enough samples that every device has a batch."""
 
-FP32 = ["train.precision='fp32'"] if "precision" in TrainConfig.__dataclass_fields__ else []
+FP32 = ["train.precision='fp32'"]
 
 REPRODUCTION = [
     "model.name='minilm'",
@@ -46,7 +45,7 @@ REPRODUCTION = [
 ]
 
 WORKLOADS: dict[str, tuple[Path | None, list[str]]] = {
-    **{p.stem: (p, []) for p in sorted(PRESETS.glob("*.toml"))},
+    **{p.stem: (p, []) for p in sorted(PRESETS_DIR.glob("*.toml"))},
     "sst2-reproduction": (None, [*REPRODUCTION, "data.name='sst2'"]),
     "fine-foods-reproduction": (
         None,

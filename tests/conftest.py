@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Runs lay the built-in models out in the Hugging Face cache: a test one, never the user's (set
+# before huggingface_hub is imported, which reads it once).
+os.environ.setdefault("HF_HUB_CACHE", str(Path(tempfile.gettempdir()) / "fedquad-tests-hf-hub"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -9,18 +9,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from fedquad import __version__
 from fedquad.errors import FedquadError
 
 EXIT_USAGE = 2
+
+CONFIG_HELP = (
+    "TOML file or built-in preset name (quickstart, smollm2-foods); defaults fill the rest"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedquad", description="Federated LoRA fine-tuning on heterogeneous devices."
     )
+    parser.add_argument("--version", action="version", version=f"fedquad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one federated fine-tuning experiment")
-    run.add_argument("--config", help="TOML config file (defaults apply to what it leaves out)")
+    run.add_argument(
+        "--config",
+        help=CONFIG_HELP,
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -99,7 +108,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML config file (defaults apply to what it leaves out)")
+    parser.add_argument(
+        "--config",
+        help=CONFIG_HELP,
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 

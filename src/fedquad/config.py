@@ -7,6 +7,7 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 import types
@@ -235,6 +236,9 @@ class FederationConfig:
     checkpoint_every: int = 1
     """Rounds between server checkpoints in the run directory (0: none); resume with
     ``fedquad run --resume DIR``."""
+    save_adapter_every: int = 0
+    """Rounds between snapshots of the global adapter, ``adapter/round-XXXX/`` in the run
+    directory (0: none; the final adapter is always saved in ``adapter/``)."""
     robust: Robust = "none"
     """Per-layer aggregation statistic: none (weighted mean), median or trimmed-mean
     (coordinate-wise, unweighted; per-layer methods only)."""
@@ -294,6 +298,12 @@ class FederationConfig:
             raise FedquadError(
                 f"federation.devices_per_round = {self.devices_per_round} is more than "
                 f"federation.num_devices = {self.num_devices}"
+            )
+        every = self.save_adapter_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise FedquadError(
+                f"federation.save_adapter_every = {every!r}: use a whole number >= 0 "
+                "(0: only the final adapter)"
             )
 
 
@@ -682,13 +692,38 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+"""The built-in configs (``--config quickstart``), shipped inside the package."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file, or the file of a built-in preset named without a directory or suffix
+    (a file of that name in the working directory wins)."""
+    path = Path(name)
+    preset = PRESETS_DIR / f"{path.name}.toml"
+    if not path.exists() and str(name) == path.name and not path.suffix and preset.is_file():
+        return preset
+    return path
+
+
+def _missing_config(path: Path) -> str:
+    presets = preset_names()
+    close = difflib.get_close_matches(path.stem, presets, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"config file '{path}' does not exist (built-in presets: {', '.join(presets)}){hint}"
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = config_path(path)
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise FedquadError(f"config file '{path}' does not exist") from None
+        raise FedquadError(_missing_config(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FedquadError(f"config file '{path}' cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
