@@ -6,8 +6,8 @@ into the package (``src/fedquad/timing/``), where ``profile.timing = "reference"
 Run it alone on an idle machine: nothing beside it, not even the tests. Each workload is measured
 by ``fedquad profile --export``'s method (one thread, the points ``(1,0), (⌈D/2⌉,0), (D,0), (D,D)``
 visited round-robin, the fastest step of each, batches padded to ``max_length``) and is refused
-when the load average is above 0.3 unless ``--force``. The workloads: every preset in
-the package's presets, the reproduction workload of docs/methods.md §8 (MiniLM on SST-2, sequence 64,
+when the load average is above 0.3 unless ``--force``. The workloads: every preset
+of the package, the reproduction workload of docs/methods.md §8 (MiniLM on SST-2, sequence 64,
 batch 16, fp32; its data from ``--sst2-dir`` or ``$FEDQUAD_SST2_DIR``, skipped without) and the
 fine-food comparison of ``benchmarks/reproduce.py``. Only the workload's shape enters a timing
 key, so the data are cut short here to load fast.
