@@ -8,7 +8,10 @@ import json
 import pytest
 
 import fedquad
+import fedquad.api
+from fedquad.cli import main
 from fedquad.config import load_config
+from fedquad.errors import RunInterrupted
 from fedquad.report.results import read_metrics
 
 SETTINGS = [
@@ -68,3 +71,29 @@ def test_on_round_gets_each_record_in_run_and_in_resume(tmp_path):
         "round-0003",
     ]
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.integration
+def test_ctrl_c_names_the_run_and_its_resume_command(tmp_path, capsys, monkeypatch):
+    def stop_after_first(record):
+        if record["round"] == 1:
+            raise KeyboardInterrupt
+
+    config = load_config(
+        None,
+        [*SETTINGS, "federation.checkpoint_every=1", f"output_dir={tmp_path}", "run_name=stopped"],
+    )
+    with pytest.raises(RunInterrupted) as info:
+        fedquad.run(config, on_round=stop_after_first)
+    run_dir = tmp_path / "stopped"
+    assert info.value.run_dir == str(run_dir)
+    assert len(read_metrics(run_dir)) == 1
+    # the command line prints where the run is and how to continue it
+    monkeypatch.setattr(fedquad.api, "run", lambda *a, **k: (_ for _ in ()).throw(info.value))
+    capsys.readouterr()  # the run's own warnings
+    assert main(["run", "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: interrupted; the rounds so far are in {run_dir}; " + (
+        f"continue with: fedquad run --resume {run_dir}"
+    )
+    assert [m["round"] for m in fedquad.resume(run_dir).metrics] == [1, 2, 3]

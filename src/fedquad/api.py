@@ -7,7 +7,8 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from fedquad.cost.fleet import fleet_to_toml, load_fleet
 from fedquad.cost.model import CostProfile
 from fedquad.cost.timing import TimingSource, read_timing, with_timing
 from fedquad.engines import execute
-from fedquad.errors import FedquadError
+from fedquad.errors import FedquadError, RunInterrupted
 from fedquad.extras import check_extras
 from fedquad.models.adapter import save_adapter
 from fedquad.models.hub_cache import seed_hub_cache
@@ -85,7 +86,8 @@ def run(
     writer.write_json("cost_profile.json", profile.to_dict())
     writer.write_json(TIMING_FILE, timing.to_dict())
     writer.write_text("fleet.toml", fleet_to_toml(bench.fleet))
-    return _execute(bench, profile, writer, progress, on_round, timing=timing)
+    with _resumable(writer.dir):
+        return _execute(bench, profile, writer, progress, on_round, timing=timing)
 
 
 def resume(
@@ -119,7 +121,19 @@ def resume(
     # rounds after the checkpoint were lost with the process: run them again
     done = 0 if checkpoint is None else checkpoint.round
     writer.keep_metrics(lambda record: record["round"] <= done)
-    return _execute(bench, profile, writer, progress, on_round, checkpoint, timing)
+    with _resumable(writer.dir):
+        return _execute(bench, profile, writer, progress, on_round, checkpoint, timing)
+
+
+@contextmanager
+def _resumable(run_dir: Path) -> Iterator[None]:
+    """A Ctrl-C inside becomes :class:`RunInterrupted`, which names the run to resume."""
+    try:
+        yield
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise RunInterrupted(str(run_dir)) from None
 
 
 def _execute(

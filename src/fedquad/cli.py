@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from fedquad import __version__
-from fedquad.errors import FedquadError
+from fedquad.errors import FedquadError, RunInterrupted
 
 EXIT_USAGE = 2
 
@@ -278,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedquadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RunInterrupted as stop:
+        print(f"error: {stop.message()}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("error: interrupted; results written so far are kept", file=sys.stderr)
         return 130
