@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import make_batch
 from fedquad.config import ExperimentConfig, TrainConfig, load_config
 from fedquad.cost.profiler import ProfileSettings
 from fedquad.device_config import DeviceConfig
@@ -28,6 +27,7 @@ from fedquad.train.local import evaluate, train_local
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import SavedTensorMeter, StoredView
 from fedquad.workbench import workload_key
+from helpers import make_batch
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -13,7 +13,6 @@ import torch
 from test_causal_lm import tiny_tokenizer, write_tiny_decoder
 from torch import nn
 
-from conftest import make_batch
 from fedquad.config import TrainConfig
 from fedquad.cost.fleet import Device
 from fedquad.cost.model import CostProfile
@@ -25,6 +24,7 @@ from fedquad.models.registry import describe_model, load_causal_lm
 from fedquad.server.messages import TrainReply
 from fedquad.server.rounds import _report
 from fedquad.train.local import train_local, trim_batch
+from helpers import make_batch
 
 GOLDEN_PROFILE = Path(__file__).parent / "golden" / "fedquad.profile.json"
 
