@@ -123,7 +123,7 @@ def test_export_refuses_a_busy_machine_unless_forced():
 
 def test_saved_bytes_do_not_depend_on_the_thread_count(minilm_lora):
     """The bytes part of a profile is counted by the trainer's hooks: exact on any host."""
-    from conftest import make_batch
+    from helpers import make_batch
 
     model, parts, structure = minilm_lora
     train, batch = TrainConfig(local_steps=1, batch_size=4), make_batch(4, 16)
