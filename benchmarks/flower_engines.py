@@ -22,13 +22,13 @@ from typing import Any
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import fedquad
-from fedquad.config import load_config
+from fedquad.config import PRESETS_DIR, load_config
 from fedquad.cost.model import CostProfile, download_bytes, upload_bytes
 from fedquad.device_config import DeviceConfig
 from fedquad.loopback import loopback
 from fedquad.report.results import read_metrics
 
-QUICKSTART = Path(__file__).parents[1] / "presets" / "quickstart.toml"
+QUICKSTART = PRESETS_DIR / "quickstart.toml"
 CURVE = ("test_accuracy", "test_loss", "train_loss")
 
 

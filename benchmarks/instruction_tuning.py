@@ -3,7 +3,7 @@ prompts, then the federated run of the same config and its tuned answers. Prints
 accuracy (normalised first word against the label word), the answer loss and perplexity of
 both, the majority-answer share of the held-out prompts, and a few generated examples.
 
-    .venv/bin/python benchmarks/instruction_tuning.py [--config presets/smollm2-foods.toml]
+    .venv/bin/python benchmarks/instruction_tuning.py [--config smollm2-foods]
         [--set key=value ...] [--skip-run]
 """
 
@@ -42,7 +42,7 @@ def show(label: str, result: dict[str, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="presets/smollm2-foods.toml")
+    parser.add_argument("--config", default="smollm2-foods")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--skip-run", action="store_true", help="evaluate the untuned model only")
     args = parser.parse_args()

@@ -1,30 +1,36 @@
-"""Shared fixtures: the embedded MiniLM with LoRA, small tokenized batches, quiet offline hub."""
+"""Shared fixtures: the embedded MiniLM with LoRA, quiet offline hub (plain helpers: helpers.py)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Runs lay the built-in models out in the Hugging Face cache: a test one, never the user's (set
+# before huggingface_hub is imported, which reads it once).
+os.environ.setdefault("HF_HUB_CACHE", str(Path(tempfile.gettempdir()) / "fedquad-tests-hf-hub"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _in_process_training(monkeypatch):
+    # engine.workers = auto trains in this process when it sees one core: a spawned worker's
+    # start-up (imports, model load) would dominate every short test run. The worker tests set
+    # engine.workers themselves.
+    import fedquad.engines.workers
+
+    monkeypatch.setattr(fedquad.engines.workers, "host_cores", lambda: 1)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Model conversions land in one session-wide cache, never the user's.
     monkeypatch.setenv("FEDQUAD_CACHE", str(tmp_path_factory.getbasetemp() / "fedquad-cache"))
-
-
-def make_batch(n: int = 8, seq: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "input_ids": torch.randint(1000, 5000, (n, seq), generator=g),
-        "attention_mask": torch.ones(n, seq, dtype=torch.long),
-        "labels": torch.randint(0, 2, (n,), generator=g),
-    }
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_batch
 from fedquad.models.lora import set_trainable, span_param_names
 from fedquad.train.local import DeviceConfig, set_modes
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import HEAD, SavedTensorMeter
+from helpers import make_batch
 
 
 def test_quantized_blocks_follow_position():
@@ -53,6 +53,7 @@ def trained_like(minilm_lora):
     return model, parts, structure
 
 
+@pytest.mark.integration
 def test_8bit_gradients_match_unquantized(trained_like):
     model, parts, structure = trained_like
     batch = make_batch(8, 64)
@@ -71,6 +72,7 @@ def test_8bit_gradients_match_unquantized(trained_like):
     assert min(per_tensor).item() >= 0.95
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("bits", "limit"), [(8, 0.30), (4, 0.17), (2, 0.12)])
 def test_saved_bytes_shrink_with_bits(trained_like, bits, limit):
     model, parts, structure = trained_like
@@ -85,6 +87,7 @@ def test_saved_bytes_shrink_with_bits(trained_like, bits, limit):
     assert sum(quant.unquantized_per_block[b] for b in blocks) >= plain_total
 
 
+@pytest.mark.integration
 def test_only_the_chosen_blocks_are_quantized(trained_like):
     model, parts, structure = trained_like
     batch = make_batch(8, 64)
@@ -96,6 +99,7 @@ def test_only_the_chosen_blocks_are_quantized(trained_like):
         assert quant.per_block[block] == plain.per_block[block]
 
 
+@pytest.mark.integration
 def test_training_step_with_quantization_runs_in_train_mode(trained_like):
     from fedquad.config import TrainConfig
     from fedquad.train.local import train_local

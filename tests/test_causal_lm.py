@@ -15,11 +15,12 @@ import pytest
 import torch
 
 import fedquad
-from fedquad.config import METHODS, load_config
+from fedquad.config import load_config
 from fedquad.data.chat import IGNORE_INDEX, encode_pair, fit_lengths, tokenize_pairs
 from fedquad.data.prompts import FOODS_QUESTION, load_prompt_data
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
+from fedquad.methods_registry import METHODS
 from fedquad.models.lora import federated_param_names
 from fedquad.report.results import read_metrics
 from fedquad.train.generate import (
@@ -190,6 +191,7 @@ def test_task_is_validated():
         load_config(None, ["model.task='seq2seq'"])
 
 
+@pytest.mark.integration
 def test_unlabelled_data_needs_an_iid_partition(decoder_dir, tmp_path):
     config = load_config(None, [*tiny_overrides(decoder_dir, tmp_path), "data.name='chatterbot'"])
     with pytest.raises(FedquadError, match="partition = 'dirichlet' needs labels.*use iid"):
@@ -199,6 +201,7 @@ def test_unlabelled_data_needs_an_iid_partition(decoder_dir, tmp_path):
 # --------------------------------------------------------------------------- model
 
 
+@pytest.mark.integration
 def test_lm_head_is_neither_trained_nor_exchanged(decoder_dir, tmp_path):
     bench = build_workbench(load_config(None, tiny_overrides(decoder_dir, tmp_path)))
     assert bench.parts.head_names == [] and bench.parts.num_blocks == 4
@@ -221,6 +224,7 @@ def test_lm_head_is_neither_trained_nor_exchanged(decoder_dir, tmp_path):
     assert math.isfinite(result.loss)
 
 
+@pytest.mark.integration
 def test_logits_at_answer_positions_give_the_same_loss_and_gradients(decoder_dir):
     from fedquad.models.causal_lm import keep_answer_logits
     from fedquad.models.lora import attach_lora, build_structure
@@ -254,6 +258,7 @@ def test_logits_at_answer_positions_give_the_same_loss_and_gradients(decoder_dir
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.integration
 def test_evaluation_reports_answer_loss_perplexity_and_accuracy(decoder_dir, tmp_path):
     bench = build_workbench(load_config(None, tiny_overrides(decoder_dir, tmp_path)))
     data = bench.test_data
@@ -323,6 +328,7 @@ def test_generated_answers_are_decoded_after_the_prompt_and_scored():
 # --------------------------------------------------------------------------- runs
 
 
+@pytest.mark.integration
 def test_fedquad_run_on_a_tiny_decoder_reports_loss_perplexity_and_examples(decoder_dir, tmp_path):
     config = load_config(None, tiny_overrides(decoder_dir, tmp_path, "method='fedquad'"))
     result = fedquad.run(config)
@@ -345,6 +351,7 @@ def test_fedquad_run_on_a_tiny_decoder_reports_loss_perplexity_and_examples(deco
     assert adapter and all("lora_" in name for name in adapter)  # no LM head in the adapter
 
 
+@pytest.mark.integration
 def test_chatterbot_run_has_loss_but_no_accuracy(decoder_dir, tmp_path):
     config = load_config(
         None,
@@ -365,6 +372,7 @@ def test_chatterbot_run_has_loss_but_no_accuracy(decoder_dir, tmp_path):
     assert len(result.summary["examples"]) == 4
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "fedquad"])
 def test_every_method_plans_and_trains_the_decoder(method, decoder_dir, tmp_path):
     config = load_config(
@@ -385,6 +393,7 @@ def test_every_method_plans_and_trains_the_decoder(method, decoder_dir, tmp_path
     assert math.isfinite(record["test_loss"])
 
 
+@pytest.mark.integration
 def test_profile_covers_every_decoder_block(decoder_dir, tmp_path):
     bench = build_workbench(load_config(None, tiny_overrides(decoder_dir, tmp_path)))
     profile = workload_profile(bench).profile
@@ -395,6 +404,7 @@ def test_profile_covers_every_decoder_block(decoder_dir, tmp_path):
 # --------------------------------------------------------------------------- SmolLM2
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_smollm2_prompts_use_its_chat_template(tmp_path):
     config = load_config(

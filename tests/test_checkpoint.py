@@ -10,10 +10,10 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from safetensors.torch import load_file
 
@@ -64,6 +64,7 @@ def test_checkpoint_round_trip_and_only_the_latest_tensors_kept(tmp_path):
     assert [p.name for p in tmp_path.glob("state-*")] == ["state-000002.safetensors"]
 
 
+@pytest.mark.integration
 def test_a_run_killed_mid_round_resumes_to_the_same_metrics(tmp_path):
     whole = fedquad.run(load_config(None, [*RUN, f"output_dir={tmp_path / 'whole'}"]))
     out = tmp_path / "killed"
@@ -194,6 +195,7 @@ def _assert_same_run(run: Path, whole: list[dict], rounds: int) -> None:
     assert adapter and all(torch.isfinite(t).all() for t in adapter.values())
 
 
+@pytest.mark.integration
 def test_killed_at_random_moments_and_resumed_each_time_it_ends_the_same(tmp_path):
     whole = fedquad.run(load_config(None, [*RUN, f"output_dir={tmp_path / 'whole'}"]))
     run, states = _killed_and_resumed(tmp_path, RUN, kills=3, seed=1)
@@ -202,6 +204,7 @@ def test_killed_at_random_moments_and_resumed_each_time_it_ends_the_same(tmp_pat
     _assert_same_run(run, whole.metrics, 4)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_killed_many_times_over_a_longer_run_it_ends_the_same(tmp_path):
     config = [*RUN, "federation.rounds=8"]

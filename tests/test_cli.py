@@ -27,6 +27,7 @@ def assert_one_line_error(code: int, err: str, fragment: str) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
@@ -94,6 +95,7 @@ SMALL_WORKLOAD = [
 ]
 
 
+@pytest.mark.integration
 def test_profile_command_measures_once_then_reads_the_cache(capsys):
     code, out, _ = run_cli(capsys, "profile", *SMALL_WORKLOAD)
     assert code == 0
@@ -102,6 +104,7 @@ def test_profile_command_measures_once_then_reads_the_cache(capsys):
     assert code == 0 and "from the cache" in again
 
 
+@pytest.mark.integration
 def test_fleet_show_gives_each_tier_its_largest_feasible_depth(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "fleet", "show", *SMALL_WORKLOAD)
     assert code == 0
@@ -137,6 +140,7 @@ def test_fleet_show_rejects_a_fleet_that_is_no_file(capsys):
     assert_one_line_error(code, err, "no-such-fleet")
 
 
+@pytest.mark.integration
 def test_a_sequence_longer_than_the_model_allows_is_refused(capsys, tmp_path):
     code, _, err = run_cli(
         capsys, "run", *FAST, "--set", "model.max_length=1000", "--set", f"output_dir={tmp_path}"

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+import torch
 
 from fedquad.cli import main
 from fedquad.compare import parse_methods
@@ -29,6 +30,7 @@ from fedquad.report.compare import (
     time_to_target,
 )
 from fedquad.report.plots import write_comparison_plots, write_run_plots
+from helpers import TINY_HETEROGENEOUS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIB = 1 << 20
@@ -220,20 +222,10 @@ def test_plots_are_written_as_png(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 
-TINY = [
-    "data.max_train_samples=240",
-    "data.max_test_samples=64",
-    "model.max_length=64",
-    "federation.rounds=2",
-    "federation.num_devices=8",
-    "federation.devices_per_round=4",
-    "train.local_steps=1",
-    "train.batch_size=16",
-    "lora.depth=2",
-    "profile.timed_steps=1",
-]
+TINY = [*TINY_HETEROGENEOUS, "federation.num_devices=8", "federation.devices_per_round=4"]
 
 
+@pytest.mark.integration
 def test_compare_command_end_to_end(capsys, tmp_path):
     sets = [x for o in [*TINY, f"output_dir={tmp_path}"] for x in ("--set", o)]
     code = main(["compare", "--methods", "fedquad,fedlora", "--quiet", *sets])
@@ -257,3 +249,8 @@ def test_compare_command_end_to_end(capsys, tmp_path):
     assert any(m["reached"] for m in data["methods"])
     for name in ("accuracy.png", "bytes.png", "tier_choices.png", "memory.png"):
         assert _is_png(comparison / name)
+    # what produced it, and one clock for both methods
+    runs = data["provenance"]["runs"]
+    assert set(runs) == {"fedquad", "fedlora"} and runs["fedquad"]["torch"] == torch.__version__
+    assert runs["fedquad"]["timing"]["hash"] == runs["fedlora"]["timing"]["hash"]
+    assert data["provenance"]["report"]["fedquad"] == runs["fedquad"]["fedquad"]

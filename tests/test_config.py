@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import re
+import typing
+
 import pytest
 
-from fedquad.config import ExperimentConfig, apply_overrides, from_dict, load_config
+from fedquad.config import (
+    DEADLINES,
+    Deadline,
+    ExperimentConfig,
+    FederationConfig,
+    PlannerConfig,
+    QuantConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+)
 from fedquad.errors import FedquadError
 
 
@@ -75,3 +88,49 @@ def test_unreadable_config_files(tmp_path):
 def test_set_without_equals_is_an_error():
     with pytest.raises(FedquadError, match="key=value"):
         load_config(None, ["federation.rounds"])
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: ExperimentConfig(planner=PlannerConfig(epsilon=-1)),
+            "planner.epsilon = -1: use a number >= 0",
+        ),
+        (
+            lambda: QuantConfig(bits=3),  # type: ignore[arg-type]
+            "quant.bits = 3 is not allowed: use 8, 4 or 2",
+        ),
+        (
+            lambda: PlannerConfig(deadline="late"),  # type: ignore[arg-type]
+            "planner.deadline = 'late' is not allowed: use one of anchored, search, adaptive",
+        ),
+        (
+            lambda: ExperimentConfig(
+                method="hetlora", federation=FederationConfig(robust="median")
+            ),
+            "federation.robust = 'median' does not apply to hetlora",
+        ),
+    ],
+)
+def test_a_section_checks_itself_when_it_is_built(build, message):
+    with pytest.raises(FedquadError, match="^" + re.escape(message)):
+        build()
+
+
+def test_validate_sees_a_section_changed_after_it_was_built():
+    config = ExperimentConfig()
+    config.train.batch_size = 0
+    with pytest.raises(FedquadError, match=r"^train\.batch_size = 0 is not allowed"):
+        config.validate()
+
+
+def test_choice_tuples_are_the_literal_types_and_the_builder_checks_them():
+    assert typing.get_args(Deadline) == DEADLINES == ("anchored", "search", "adaptive")
+    hint = typing.get_type_hints(PlannerConfig)["deadline"]
+    assert typing.get_origin(hint) is typing.Literal
+    with pytest.raises(FedquadError, match=r"^planner\.deadline = 3: expected str$"):
+        from_dict({"planner": {"deadline": 3}})
+    with pytest.raises(FedquadError, match=r"^quant\.bits = True: expected int$"):
+        from_dict({"quant": {"bits": True}})
+    assert from_dict({"quant": {"bits": 4}}).quant.bits == 4

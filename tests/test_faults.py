@@ -43,6 +43,7 @@ def test_fault_draws_follow_their_probabilities_and_are_seeded():
     assert fault_of(FaultConfig(), 0, 1, 1) is None
 
 
+@pytest.mark.integration
 def test_faulty_devices_are_left_out_with_their_reason_and_the_round_goes_on(tmp_path):
     result = fedquad.run(load_config(None, [*RUN, f"output_dir={tmp_path}"]))
     faults = load_config(None, RUN).faults

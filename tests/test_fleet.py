@@ -134,7 +134,8 @@ def test_built_in_fleets_resolve_by_name_and_scale_to_the_asked_size(name):
 
 
 def test_an_unknown_fleet_name_lists_the_built_in_ones():
-    with pytest.raises(FedquadError, match="default, papers, decorrelated, uniform"):
+    names = "default, papers, decorrelated, default-jetson, papers-jetson, decorrelated-jetson"
+    with pytest.raises(FedquadError, match=f"{names}, uniform"):
         resolve_fleet(load_config(None, ["fleet.name='paper'"]))
 
 

@@ -40,19 +40,13 @@ from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.loopback import FlowerProcesses, Loopback, free_port, start_superlink
 from fedquad.report.results import read_metrics
+from helpers import TINY_HETEROGENEOUS
 
-TINY = [  # test_run's small run on the default (heterogeneous) fleet, 3 devices all sampled
+TINY = [  # 3 devices of the default fleet, all sampled
     "method='fedquad'",
-    "data.max_train_samples=240",
-    "data.max_test_samples=64",
-    "model.max_length=64",
-    "federation.rounds=2",
+    *TINY_HETEROGENEOUS,
     "federation.num_devices=3",
     "federation.devices_per_round=3",
-    "train.local_steps=1",
-    "train.batch_size=16",
-    "lora.depth=2",
-    "profile.timed_steps=1",
 ]
 REFUSED_WITHIN = 60.0
 """Seconds a refused SuperNode may take to give up (measured: about 5)."""
@@ -335,6 +329,7 @@ def _device_config(d: dict) -> DeviceConfig:
     return DeviceConfig(d["depth"], d["quantized"], d["bits"], rank=d.get("rank"), blocks=blocks)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_two_rounds_on_a_deployment_with_tls_and_node_auth(tmp_path, processes):
     certs = tmp_path / "certs"

@@ -22,21 +22,7 @@ from fedquad.engines.flower_app import (
     reply_from,
 )
 from fedquad.server.messages import TrainInstruction, TrainReply
-
-SMALL = [  # test_run's small FedLoRA run: tiny data, uniform fleet, 2 rounds of 2 of 4 devices
-    "method='fedlora'",
-    "data.max_train_samples=240",
-    "data.max_test_samples=64",
-    "model.max_length=32",
-    "federation.rounds=2",
-    "federation.num_devices=4",
-    "federation.devices_per_round=2",
-    "train.local_steps=2",
-    "train.batch_size=8",
-    "lora.depth=2",
-    "fleet.name=uniform",
-    "profile.timed_steps=1",
-]
+from helpers import SMALL_RUN
 
 TOLERANCE = 1e-6
 """Measured: the two engines give the same curves bit for bit (the seeds flow alike and the
@@ -77,8 +63,9 @@ def _local_and_sim(settings, tmp_path, monkeypatch):
     return results["local"], results["flower-sim"]
 
 
+@pytest.mark.integration
 def test_flower_sim_gives_the_local_curves(tmp_path, monkeypatch):
-    local, sim = _local_and_sim(SMALL, tmp_path, monkeypatch)
+    local, sim = _local_and_sim(SMALL_RUN, tmp_path, monkeypatch)
 
     assert [m["round"] for m in sim] == [1, 2]
     assert [m["sampled"] for m in sim] == [m["sampled"] for m in local]
@@ -142,6 +129,7 @@ FAULTY = [  # test_faults' run, smaller: 2 rounds of all 6 devices; seed 0 draws
 ]
 
 
+@pytest.mark.integration
 def test_injected_faults_are_accounted_for_on_flower_sim_as_on_local(tmp_path, monkeypatch):
     """Crashed, late and corrupted devices travel through Flower's messages: the simulation
     leaves out the same devices, for the same reasons, as the local executor."""

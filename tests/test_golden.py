@@ -19,7 +19,11 @@ import fedquad
 import fedquad.api
 from fedquad.config import load_config
 from fedquad.cost.model import CostProfile
+from fedquad.cost.profiler import StepTiming
+from fedquad.cost.timing import TimingSource
 from fedquad.report.results import read_metrics
+
+pytestmark = pytest.mark.integration  # every test here loads a model
 
 GOLDEN = Path(__file__).parent / "golden"
 METHODS = ("fedquad", "legend", "hetlora")
@@ -48,8 +52,11 @@ def without_host_fields(record: dict) -> dict:
 def golden_lines(method: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """The run's metrics without host fields, one JSON line per round, on the recorded profile."""
     profile = CostProfile.from_dict(json.loads((GOLDEN / f"{method}.profile.json").read_text()))
+    timing = TimingSource("recorded", StepTiming.of(profile), key={})
     monkeypatch.setattr(
-        fedquad.api, "workload_profile", lambda bench: SimpleNamespace(profile=profile)
+        fedquad.api,
+        "workload_profile",
+        lambda bench: SimpleNamespace(profile=profile, timing=timing),
     )
     config = load_config(None, [f"method='{method}'", *SHORT, f"output_dir={out}", "run_name=g"])
     threads = torch.get_num_threads()

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from conftest import make_batch
 from fedquad.config import TrainConfig
 from fedquad.cost.model import CostProfile, download_bytes
 from fedquad.cost.profiler import _param_counts
@@ -23,6 +22,9 @@ from fedquad.server.configure import device_tensors
 from fedquad.server.rounds import tensor_bytes
 from fedquad.train.local import DeviceConfig, prepared, train_local
 from fedquad.train.saved_tensors import HEAD, SavedTensorMeter
+from helpers import make_batch
+
+pytestmark = pytest.mark.integration  # every test here loads a model
 
 SETTINGS = TrainConfig(local_steps=2, batch_size=8, lr=1e-2)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_batch
 from fedquad.config import TrainConfig
 from fedquad.errors import FedquadError
 from fedquad.models.lora import (
@@ -19,8 +18,10 @@ from fedquad.models.lora import (
 )
 from fedquad.train.local import DeviceConfig, set_modes, train_local
 from fedquad.train.saved_tensors import HEAD, SavedTensorMeter
+from helpers import make_batch
 
 
+@pytest.mark.integration
 def test_rank_pattern_gives_each_block_its_rank(minilm_lora):
     model, parts, structure = minilm_lora
     params = dict(model.named_parameters())
@@ -33,6 +34,7 @@ def test_rank_pattern_gives_each_block_its_rank(minilm_lora):
     assert structure.rank_of(5) == 8 and structure.rank_of(0) == 2
 
 
+@pytest.mark.integration
 def test_global_depth_limits_which_blocks_carry_lora():
     from fedquad.models.lora import attach_lora
     from fedquad.models.registry import describe_model, load_sequence_classifier
@@ -44,6 +46,7 @@ def test_global_depth_limits_which_blocks_carry_lora():
     assert blocks == {4, 5, None}  # None: the head
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("depth", [1, 3, 6])
 def test_only_the_span_and_head_get_gradients_and_nothing_below_is_saved(minilm_lora, depth):
     model, parts, structure = minilm_lora
@@ -70,6 +73,7 @@ def test_only_the_span_and_head_get_gradients_and_nothing_below_is_saved(minilm_
     assert any(is_head_param(n) for n in names)
 
 
+@pytest.mark.integration
 def test_saved_bytes_exclude_parameters_and_count_each_storage_once(minilm_lora):
     model, parts, structure = minilm_lora
     set_trainable(model, span_param_names(model, parts, structure.span(6)))
@@ -92,6 +96,7 @@ def test_saved_bytes_exclude_parameters_and_count_each_storage_once(minilm_lora)
     assert meter.saved.total == sum(seen.values())
 
 
+@pytest.mark.integration
 def test_training_leaves_lora_below_the_span_at_the_global_values(minilm_lora):
     model, parts, structure = minilm_lora
     before = get_state(model)

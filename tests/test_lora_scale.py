@@ -9,9 +9,9 @@ from peft.tuners.lora import LoraLayer
 
 from fedquad.config import load_config
 from fedquad.errors import FedquadError
+from fedquad.methods_registry import METHODS
 from fedquad.models.lora import attach_lora, block_of, build_structure
 from fedquad.models.registry import describe_model, load_sequence_classifier
-from fedquad.planners.methods import METHODS
 from fedquad.workbench import method_structure
 
 

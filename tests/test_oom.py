@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import fedquad
-from conftest import make_batch
 from fedquad.config import FaultConfig, QuantConfig, TrainConfig, load_config
 from fedquad.cost.fleet import devices_for_round, load_fleet
 from fedquad.cost.model import (
@@ -32,6 +31,7 @@ from fedquad.models.lora import get_state
 from fedquad.server.capacity import CapacityEstimator
 from fedquad.server.faults import OOM, fault_of
 from fedquad.server.messages import TrainInstruction, TrainReply
+from helpers import make_batch
 
 SETTINGS = TrainConfig(local_steps=2, batch_size=4)
 PLANNED = DeviceConfig(depth=4)
@@ -65,6 +65,7 @@ def test_memory_error_predicate_knows_the_three_kinds_and_nothing_else():
     assert not is_out_of_memory(KeyError("lora_A"))
 
 
+@pytest.mark.integration
 def test_an_oom_device_retries_with_the_fallback_and_says_so(minilm_lora):
     model, parts, structure = minilm_lora
     start = get_state(model)
@@ -88,6 +89,7 @@ def test_an_oom_device_retries_with_the_fallback_and_says_so(minilm_lora):
     )
 
 
+@pytest.mark.integration
 def test_no_fallback_or_a_failing_retry_is_an_error_without_tensors(minilm_lora):
     _, parts, _ = minilm_lora
     alone = _train(minilm_lora, fault=OOM)
@@ -175,6 +177,7 @@ RUN = [
 
 
 # End to end on the real trainer; the accounting rules on their own: tests/test_rounds.py
+@pytest.mark.integration
 def test_oom_rounds_are_accounted_for_and_the_device_is_planned_below_its_failure(tmp_path):
     method = "fedquad"  # falls back to more quantized blocks (fedquad-noquant: a smaller depth)
     config = load_config(None, [*RUN, f"method={method!r}", f"output_dir={tmp_path}"])

@@ -4,11 +4,11 @@ match real measurements (saved bytes exactly for every (d, q); host step time wi
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from conftest import make_batch
 from fedquad.config import QuantConfig, TrainConfig
 from fedquad.cost.model import CostProfile, saved_bytes, step_seconds
 from fedquad.cost.profiler import ProfileSettings, StepTiming, cached_profile, profile_workload
@@ -16,6 +16,7 @@ from fedquad.device_config import DeviceConfig
 from fedquad.models.lora import attach_lora, build_structure, get_state
 from fedquad.models.registry import describe_model, load_sequence_classifier
 from fedquad.train.local import train_local
+from helpers import make_batch
 
 RANKS = [8, 8, 4, 4, 2, 2]  # per-block ranks from the output, so P_l differs per block
 
@@ -34,6 +35,7 @@ def _step(workload, batch, config, train, quant=None):
     return train_local(model, parts, structure, batch, config, train, 0, quant)
 
 
+@pytest.mark.integration
 def test_predicted_saved_bytes_equal_measured_for_every_config(workload):
     model, parts, structure = workload
     train = TrainConfig(local_steps=1, batch_size=4)
@@ -57,6 +59,7 @@ def test_predicted_saved_bytes_equal_measured_for_every_config(workload):
     assert profile.quant_ratio[4] < profile.quant_ratio[8]
 
 
+@pytest.mark.integration
 def test_given_time_terms_are_used_and_the_bytes_still_measured(workload):
     model, parts, structure = workload
     args = (model, parts, structure, make_batch(4, 16), TrainConfig(batch_size=4), QuantConfig())
@@ -70,6 +73,7 @@ def test_given_time_terms_are_used_and_the_bytes_still_measured(workload):
     assert StepTiming.of(measured).f == measured.f and len(StepTiming.of(measured).timed) == 4
 
 
+@pytest.mark.integration
 def test_profile_counts_lora_and_head_parameters_per_block(workload):
     model, parts, structure = workload
     profile = profile_workload(
@@ -91,6 +95,7 @@ def test_profile_counts_lora_and_head_parameters_per_block(workload):
     assert sum(profile.lora_params) == lora
 
 
+@pytest.mark.integration
 def test_profiling_leaves_the_model_and_the_rng_as_they_were(workload):
     model, parts, structure = workload
     before = {k: v.clone() for k, v in get_state(model).items()}
@@ -111,6 +116,7 @@ def test_profiling_leaves_the_model_and_the_rng_as_they_were(workload):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # timing: reliable on an idle machine only (make test-slow)
 def test_predicted_step_time_within_25_percent_of_measured(workload):
     model, parts, structure = workload
@@ -195,6 +201,7 @@ def test_rank_layouts_of_one_workload_share_the_time_terms_measured_first(tmp_pa
     assert not StepTiming(0.1, 0.0, 0.01, 0.2, ((1, 0, 0.5), (1, 1, 0.6))).shareable
 
 
+@pytest.mark.integration
 def test_predicted_saved_bytes_of_fedra_subsets_equal_measured(workload):
     model, parts, structure = workload
     train = TrainConfig(local_steps=1, batch_size=4)
@@ -209,12 +216,13 @@ def test_predicted_saved_bytes_of_fedra_subsets_equal_measured(workload):
         assert saved_bytes(profile, config) == measured, blocks
 
 
+@pytest.mark.integration
 def test_the_methods_rank_layouts_share_one_timing_key(tmp_path):
     """FedQuad's uniform ranks, LEGEND's and HetLoRA's layouts of one workload differ in their
     cache keys only by the fields the time terms are shared across."""
     from fedquad.config import load_config
     from fedquad.cost.profiler import TIMING_FREE
-    from fedquad.workbench import build_workbench, workload_key
+    from fedquad.workbench import build_workbench, timing_key, workload_key
 
     base = [
         "data.max_train_samples=64",
@@ -225,12 +233,32 @@ def test_the_methods_rank_layouts_share_one_timing_key(tmp_path):
         "fleet.name='uniform'",
         f"output_dir='{tmp_path}'",
     ]
-    keys = {
-        method: workload_key(
-            build_workbench(load_config(None, [*base, f"method='{method}'"])), ProfileSettings()
-        )
+    benches = {
+        method: build_workbench(load_config(None, [*base, f"method='{method}'"]))
         for method in ("fedquad", "legend", "hetlora")
     }
+    keys = {m: workload_key(b, ProfileSettings()) for m, b in benches.items()}
     for method in ("legend", "hetlora"):
         differ = {k for k in keys["fedquad"] if keys[method][k] != keys["fedquad"][k]}
-        assert differ == set(TIMING_FREE), method
+        assert "ranks" in differ and differ <= set(TIMING_FREE), method
+    # and one reference timing serves them all
+    assert len({json.dumps(timing_key(b), sort_keys=True) for b in benches.values()}) == 1
+
+
+def test_padded_batches_are_profiled_at_the_full_length_never_trimmed(workload):
+    model, parts, structure = workload
+    train = TrainConfig(local_steps=1, batch_size=4)  # trim_batches on, as by default
+    quant, settings = QuantConfig(), ProfileSettings(timed_steps=1)
+    timing = StepTiming(f=1.0, g=2.0, o=3.0, c=4.0, timed=((1, 0, 9.0), (6, 0, 9.0)))
+    padded = make_batch(4, 32)
+    padded["attention_mask"][:, 10:] = 0  # every sample is shorter than the sequence length
+    full = make_batch(4, 32)
+    args = (model, parts, structure)
+    profiled = profile_workload(*args, padded, train, quant, settings, timing=timing)
+    reference = profile_workload(*args, full, train, quant, settings, timing=timing)
+    assert profiled.saved_bytes == reference.saved_bytes
+    assert profiled.saved_bytes_bottom == reference.saved_bytes_bottom
+    # while the trainer itself cuts the same batch, and saves less
+    step = _step(workload, padded, DeviceConfig(depth=6), train)
+    assert step.trimmed
+    assert step.saved.total < saved_bytes(profiled, DeviceConfig(depth=6))

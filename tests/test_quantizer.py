@@ -297,18 +297,64 @@ def test_nbytes_counts_packed_codes_and_group_params(bits: int, numel: int) -> N
     assert q.nbytes == math.ceil(numel * bits / 8) + 4 * groups
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bits", BITS)
-def test_compression_ratio_matches_spec(bits: int) -> None:
+def test_compression_ratio_matches_spec(bits: int, dtype: torch.dtype) -> None:
     spec = QuantSpec(bits=bits)
-    x = torch.randn(64, 128 * 64, generator=gen(14))
+    x = torch.randn(64, 128 * 64, generator=gen(14)).to(dtype)
     q = quantize(x, spec, gen())
-    assert q.nbytes / (4 * x.numel()) == pytest.approx(spec.bytes_per_element() / 4, rel=1e-3)
+    held = x.element_size() * x.numel()
+    assert q.nbytes / held == pytest.approx(spec.bytes_per_element() / x.element_size(), rel=1e-3)
+    if bits == 8:  # against bf16 activations 8 bits save half, against fp32 three quarters
+        assert q.nbytes / held == pytest.approx(0.52 if dtype == torch.bfloat16 else 0.26, abs=0.01)
 
 
-def test_as_saved_tensor_hooks_gradients_stay_close() -> None:
+def test_unbiased_for_bf16_inputs() -> None:
+    x = (torch.randn(256, generator=gen(31)) * 3).to(torch.bfloat16)
+    spec = QuantSpec(bits=4, group_size=64)
+    n, g = 1000, gen(32)
+    total = torch.zeros(256, dtype=torch.float64)
+    for _ in range(n):
+        q = quantize(x, spec, g)
+        y = q.dequantize()
+        assert y.dtype == torch.bfloat16
+        total += y.double()
+    step = per_element(q.scale, spec.group_size, x.numel())
+    ref = x.double()
+    # the mean is the input within the noise of the mean plus the bf16 rounding of each output
+    bound = 4 * step / math.sqrt(n) + ref.abs() * torch.finfo(torch.bfloat16).eps
+    assert torch.all(((total / n) - ref).abs() < bound)
+
+
+def test_a_generator_on_another_device_is_refused() -> None:
+    x = torch.randn(300, generator=gen(33))
+    with pytest.raises(ValueError, match="generator lives on cuda.*tensor on cpu"):
+        quantize(x, QuantSpec(), _FakeCudaGenerator())  # type: ignore[arg-type]
+
+
+class _FakeCudaGenerator:
+    device = torch.device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_tensors_quantize_on_their_device_like_the_cpu(dtype: torch.dtype) -> None:
+    x = (torch.randn(33, 129, generator=gen(34)) * 2).to(dtype)
+    spec = QuantSpec(bits=4)
+    on_cpu = quantize(x, spec, gen(35))
+    on_cuda = quantize(x.cuda(), spec, torch.Generator(device="cuda").manual_seed(35))
+    assert on_cuda.codes.device.type == "cuda"
+    assert torch.equal(on_cuda.scale.cpu(), on_cpu.scale)  # same grid, other dither
+    assert torch.equal(on_cuda.minimum.cpu(), on_cpu.minimum)
+    check_error_bound(x, on_cuda, out_rel_tol=torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_as_saved_tensor_hooks_gradients_stay_close(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 8))
     x = torch.randn(32, 64)
+    low = dtype != torch.float32  # bf16 activations, as autocast saves them
 
     def grads(hooked: bool) -> list[torch.Tensor]:
         net.zero_grad()
@@ -323,11 +369,13 @@ def test_as_saved_tensor_hooks_gradients_stay_close() -> None:
             assert isinstance(p, torch.Tensor)
             return p
 
-        if hooked:
-            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-                net(x).pow(2).sum().backward()
-        else:
-            net(x).pow(2).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            if hooked:
+                with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                    out = net(x)
+            else:
+                out = net(x)
+        out.float().pow(2).sum().backward()
         return [p.grad.clone() for p in net.parameters() if p.grad is not None]
 
     # 8-bit noise moves these gradients by <= 1.3%; a scrambled layout would move them by ~100%

@@ -120,6 +120,7 @@ def test_minilm_resolves_to_a_model_directory():
     assert (path / "model.safetensors").is_file()
 
 
+@pytest.mark.integration
 def test_minilm_classifier_runs_and_is_described(offline):
     torch.manual_seed(0)
     model = load_sequence_classifier("minilm", num_labels=3)
@@ -145,6 +146,7 @@ def test_minilm_classifier_runs_and_is_described(offline):
     assert parts.embeddings is model.get_submodule("bert.embeddings")
 
 
+@pytest.mark.integration
 def test_minilm_weights_come_from_the_checkpoint(offline):
     from safetensors.torch import load_file
 
@@ -160,6 +162,7 @@ def test_minilm_weights_come_from_the_checkpoint(offline):
     assert compared >= 100  # every encoder, embedding and pooler weight
 
 
+@pytest.mark.integration
 def test_new_head_follows_torch_global_seed(offline):
     def head(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
@@ -170,6 +173,7 @@ def test_new_head_follows_torch_global_seed(offline):
     assert not torch.equal(head(1), head(2))
 
 
+@pytest.mark.integration
 def test_loading_is_quiet_about_the_new_head(offline, capfd):
     load_sequence_classifier("minilm", num_labels=2)
     err = capfd.readouterr().err
@@ -295,6 +299,7 @@ def test_describe_unknown_architecture_is_a_fedquad_error():
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_local_directory_loads_by_path(tmp_path, offline):
     saved = write_tiny_llama(tmp_path / "tiny")
     path = str(tmp_path / "tiny")
@@ -330,6 +335,7 @@ def test_local_directory_loads_by_path(tmp_path, offline):
     torch.testing.assert_close(batched[0], single[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_missing_backbone_weights_are_reported(tmp_path, offline, caplog):
     write_tiny_llama(tmp_path / "tiny")
     config_path = tmp_path / "tiny" / "config.json"
@@ -515,6 +521,7 @@ def test_concurrent_first_uses_convert_once(cache, monkeypatch):
     assert leftovers(cache) == []
 
 
+@pytest.mark.integration
 def test_builtin_smollm2_loads_from_the_cache(cache, monkeypatch, offline):
     monkeypatch.setattr(registry, "_convert_smollm2", write_tiny_llama)
     parts = describe_model(load_causal_lm("smollm2-135m"))
@@ -559,6 +566,7 @@ def smollm2_cache(tmp_path_factory) -> tuple[Path, float]:
     return root, seconds
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_smollm2_converts_once_and_loads_fast(smollm2_cache, monkeypatch, offline):
     root, convert_seconds = smollm2_cache
@@ -594,6 +602,7 @@ def test_smollm2_converts_once_and_loads_fast(smollm2_cache, monkeypatch, offlin
     assert loss.item() < 5.0
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_smollm2_sequence_classifier(smollm2_cache, monkeypatch, offline):
     monkeypatch.setenv("FEDQUAD_CACHE", str(smollm2_cache[0]))

@@ -99,6 +99,7 @@ method = "fedlora"
 """
 
 
+@pytest.mark.integration
 def test_tiny_arm_end_to_end(reproduce, capsys, monkeypatch, tmp_path):
     arm = tmp_path / "T.toml"
     arm.write_text(TINY_ARM)

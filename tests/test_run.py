@@ -15,28 +15,17 @@ from fedquad.cost.model import (
     upload_bytes,
 )
 from fedquad.device_config import DeviceConfig
+from fedquad.methods_registry import METHODS
 from fedquad.report.results import read_metrics
+from helpers import SMALL_RUN
 
-SMALL = [
-    "method='fedlora'",
-    "data.max_train_samples=240",
-    "data.max_test_samples=64",
-    "model.max_length=32",
-    "federation.rounds=2",
-    "federation.num_devices=4",
-    "federation.devices_per_round=2",
-    "train.local_steps=2",
-    "train.batch_size=8",
-    "lora.depth=2",
-    "fleet.name=uniform",  # memory for every config: the same devices train in every variant
-    "profile.timed_steps=1",
-]
+pytestmark = pytest.mark.integration  # every test here loads a model
 
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    config = load_config(None, [*SMALL, f"output_dir={out}", "run_name=a"])
+    config = load_config(None, [*SMALL_RUN, f"output_dir={out}", "run_name=a"])
     return fedquad.run(config)
 
 
@@ -81,7 +70,7 @@ def test_adapter_loads_with_peft_and_predicts_like_the_run(small_run):
 
 
 def test_same_seed_same_metrics_and_a_new_directory(small_run, tmp_path):
-    config = load_config(None, [*SMALL, f"output_dir={small_run.run_dir.parent}", "run_name=a"])
+    config = load_config(None, [*SMALL_RUN, f"output_dir={small_run.run_dir.parent}", "run_name=a"])
     again = fedquad.run(config)
     assert again.run_dir != small_run.run_dir  # never overwrite an earlier run
     first, second = read_metrics(small_run.run_dir), read_metrics(again.run_dir)
@@ -101,7 +90,7 @@ def test_training_improves_on_the_untrained_model(small_run):
 
 def test_quantized_run_tracks_the_unquantized_one(small_run, tmp_path):
     """Short parity check: every trainable block's activations at 8 bits, same seed and rounds."""
-    config = load_config(None, [*SMALL, f"output_dir={tmp_path}", "quant.blocks=2"])
+    config = load_config(None, [*SMALL_RUN, f"output_dir={tmp_path}", "quant.blocks=2"])
     quantized = fedquad.run(config)
     plain_metrics, quant_metrics = read_metrics(small_run.run_dir), read_metrics(quantized.run_dir)
     for plain, quant in zip(plain_metrics, quant_metrics, strict=True):
@@ -114,9 +103,9 @@ def test_quantized_run_tracks_the_unquantized_one(small_run, tmp_path):
         assert quant["test_loss"] == pytest.approx(plain["test_loss"], rel=0.02)
 
 
-@pytest.mark.parametrize("method", list(fedquad.config.METHODS))
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_runs_end_to_end_on_the_default_fleet(method, tmp_path):
-    overrides = [o for o in SMALL if not o.startswith(("fleet.", "federation.", "lora."))]
+    overrides = [o for o in SMALL_RUN if not o.startswith(("fleet.", "federation.", "lora."))]
     config = load_config(
         None,
         [
@@ -156,7 +145,9 @@ def test_tensorboard_flag_writes_event_files(tmp_path):
     from fedquad.cli import main
 
     sets = [
-        x for o in [*SMALL, "federation.rounds=1", f"output_dir={tmp_path}"] for x in ("--set", o)
+        x
+        for o in [*SMALL_RUN, "federation.rounds=1", f"output_dir={tmp_path}"]
+        for x in ("--set", o)
     ]
     assert main(["run", "--quiet", "--tensorboard", *sets]) == 0
     (run_dir,) = list(tmp_path.iterdir())
@@ -175,7 +166,7 @@ def test_a_global_lora_depth_of_one_is_profiled_and_trained(tmp_path, monkeypatc
     # an empty cache: timed at depth 1 here, not given the time terms of a deeper layout
     monkeypatch.setenv("FEDQUAD_CACHE", str(tmp_path / "cache"))
     config = load_config(
-        None, [*SMALL, "method='fedquad'", "lora.depth=1", f"output_dir={tmp_path / 'runs'}"]
+        None, [*SMALL_RUN, "method='fedquad'", "lora.depth=1", f"output_dir={tmp_path / 'runs'}"]
     )
     result = fedquad.run(config)
     profile = CostProfile.from_dict(json.loads((result.run_dir / "cost_profile.json").read_text()))

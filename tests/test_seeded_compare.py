@@ -297,6 +297,7 @@ TINY = [
 ]
 
 
+@pytest.mark.integration
 def test_tiny_comparison_end_to_end_and_resumed(tmp_path, capsys):
     config = _write(
         tmp_path / "arm.toml",

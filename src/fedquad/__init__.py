@@ -14,12 +14,12 @@ from fedquad.config import (
 from fedquad.errors import FedquadError
 
 if TYPE_CHECKING:
-    from fedquad.api import RunResult, run
+    from fedquad.api import RoundCallback, RunResult, resume, run
 
 
 def __getattr__(name: str) -> Any:
     # The API pulls in torch and transformers: import it only when it is used.
-    if name in ("run", "RunResult"):
+    if name in ("run", "resume", "RunResult", "RoundCallback"):
         from fedquad import api
 
         return getattr(api, name)
@@ -33,9 +33,11 @@ __all__ = [
     "FedquadError",
     "LoraConfig",
     "ModelConfig",
+    "RoundCallback",
     "RunResult",
     "TrainConfig",
     "load_config",
+    "resume",
     "run",
 ]
 __version__ = "0.1.0"

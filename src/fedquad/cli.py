@@ -9,18 +9,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fedquad.errors import FedquadError
+from fedquad import __version__
+from fedquad.errors import FedquadError, RunInterrupted
 
 EXIT_USAGE = 2
+
+CONFIG_HELP = (
+    "TOML file or built-in preset name (quickstart, smollm2-foods); defaults fill the rest"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedquad", description="Federated LoRA fine-tuning on heterogeneous devices."
     )
+    parser.add_argument("--version", action="version", version=f"fedquad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one federated fine-tuning experiment")
-    run.add_argument("--config", help="TOML config file (defaults apply to what it leaves out)")
+    run.add_argument(
+        "--config",
+        help=CONFIG_HELP,
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -45,6 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_args(profile)
     profile.add_argument("--refresh", action="store_true", help="measure again, ignoring the cache")
+    profile.add_argument(
+        "--export",
+        metavar="PATH",
+        help="measure the time terms by the reference method (one thread, interleaved depths) "
+        "and write them as a timing file for profile.timing",
+    )
+    profile.add_argument(
+        "--force", action="store_true", help="with --export: measure even on a busy machine"
+    )
+    profile.add_argument(
+        "--repeats",
+        type=int,
+        default=8,
+        help="with --export: round-robin visits of each timed point (default 8)",
+    )
     fleet = sub.add_parser("fleet", help="inspect a fleet")
     fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True)
     fleet_show = fleet_sub.add_parser(
@@ -52,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_args(fleet_show)
     fleet_show.add_argument(
-        "--fleet", help="fleet TOML file or built-in name (default, papers, decorrelated, uniform)"
+        "--fleet",
+        help="fleet TOML file or built-in name (default, papers, decorrelated, uniform; "
+        "each tiered one also as <name>-jetson)",
     )
     plan = sub.add_parser(
         "plan", help="print the config the method gives each sampled device in one round"
@@ -95,7 +121,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML config file (defaults apply to what it leaves out)")
+    parser.add_argument(
+        "--config",
+        help=CONFIG_HELP,
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -111,6 +140,19 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
     overrides = [*args.overrides, *([f"fleet.name={fleet!r}"] if fleet else [])]
     config = load_config(args.config, overrides)
     console = Console()
+    if getattr(args, "export", None):
+        from fedquad.workbench import export_timing
+
+        with console.status("measuring the reference time terms (keep the machine idle)"):
+            source = export_timing(
+                build_workbench(config), args.export, force=args.force, repeats=args.repeats
+            )
+        t, load = source.timing, source.provenance
+        console.print(
+            f"f={t.f:.6f} g={t.g:.6f} o={t.o:.6f} c={t.c:.6f} s (load "
+            f"{load['load_before']:.2f} before, {load['load_after']:.2f} after): {args.export}"
+        )
+        return 0
     with console.status("loading the workload and its cost profile (measured once, then cached)"):
         bench = build_workbench(config)
         result = workload_profile(bench, refresh=getattr(args, "refresh", False))
@@ -133,6 +175,8 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
             console.print(table)
         origin = "measured now" if result.measured_now else "from the cache"
         console.print(f"profile {origin}: {result.path}")
+        timing = result.timing
+        console.print(f"time terms: {timing.kind} {timing.origin or ''} (hash {timing.hash})")
     else:
         console.print(
             fleet_table(
@@ -255,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedquadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RunInterrupted as stop:
+        print(f"error: {stop.message()}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("error: interrupted; results written so far are kept", file=sys.stderr)
         return 130

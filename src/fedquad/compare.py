@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedquad.config import METHODS, ExperimentConfig
+from fedquad.config import ExperimentConfig
 from fedquad.errors import FedquadError
+from fedquad.methods_registry import METHODS, default_compare_methods
 from fedquad.report.compare import (
     Row,
     Target,
@@ -25,6 +26,7 @@ from fedquad.report.compare import (
     markdown_table,
 )
 from fedquad.report.plots import write_comparison_plots
+from fedquad.report.provenance import comparison_provenance
 from fedquad.report.results import (
     atomic_write_text,
     default_run_name,
@@ -32,7 +34,7 @@ from fedquad.report.results import (
     read_metrics,
 )
 
-DEFAULT_METHODS = ("fedquad", "legend", "joint", "fedlora", "hetlora", "flexlora", "fedra")
+DEFAULT_METHODS = default_compare_methods()
 
 _SHARED_CONFIG_NOTE = "# The config every compared method ran with; only `method` differed.\n"
 
@@ -121,8 +123,7 @@ def report(
     rows = comparison_rows(metrics, chosen, {m: str(d) for m, d in dirs.items()})
     result = ComparisonResult(out, chosen, rows, metrics, dirs)
     atomic_write_text(out / "comparison.md", result.markdown())
-    atomic_write_text(
-        out / "comparison.json", json.dumps(comparison_json(rows, chosen), indent=2) + "\n"
-    )
+    data = {**comparison_json(rows, chosen), "provenance": comparison_provenance(dirs)}
+    atomic_write_text(out / "comparison.json", json.dumps(data, indent=2) + "\n")
     write_comparison_plots(metrics, None if chosen is None else chosen.accuracy, out)
     return result

@@ -7,49 +7,61 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
-import tomllib
 
 from fedquad.errors import FedquadError, unknown_key
+from fedquad.methods_registry import method, method_names
 
-METHODS = (
-    "fedquad",
-    "legend",
-    "joint",
-    "fedlora",
-    "hetlora",
-    "flexlora",
-    "fedra",
-    "fedquad-noquant",
-)
-DEADLINES = ("anchored", "search", "adaptive")
-ROBUST_CHOICES = ("none", "median", "trimmed-mean")
-RANK_DISTRIBUTIONS = ("halving", "uniform", "linear")
-ENGINES = ("local", "flower-sim", "flower")
-PARTITIONS = ("iid", "dirichlet", "shards", "inner-dirichlet")
-OPTIMIZERS = ("adamw", "sgd")
-WEIGHTINGS = ("samples", "uniform")
-QUANT_POSITIONS = ("bottom", "top")
-QUANT_BITS = (8, 4, 2)
-TASKS = ("classification", "causal-lm")
+Deadline = Literal["anchored", "search", "adaptive"]
+Robust = Literal["none", "median", "trimmed-mean"]
+RankDistribution = Literal["halving", "uniform", "linear"]
+Engine = Literal["local", "flower-sim", "flower"]
+Partition = Literal["iid", "dirichlet", "shards", "inner-dirichlet"]
+Optimizer = Literal["adamw", "sgd"]
+Weighting = Literal["samples", "uniform"]
+QuantPosition = Literal["bottom", "top"]
+QuantBits = Literal[8, 4, 2]
+Task = Literal["classification", "causal-lm"]
+Precision = Literal["fp32", "bf16"]
+TrainDevice = Literal["auto", "cpu", "cuda", "mps"]
+
+# The allowed values as tuples, for messages and for callers that list them.
+DEADLINES: tuple[Deadline, ...] = typing.get_args(Deadline)
+ROBUST_CHOICES: tuple[Robust, ...] = typing.get_args(Robust)
+RANK_DISTRIBUTIONS: tuple[RankDistribution, ...] = typing.get_args(RankDistribution)
+ENGINES: tuple[Engine, ...] = typing.get_args(Engine)
+PARTITIONS: tuple[Partition, ...] = typing.get_args(Partition)
+OPTIMIZERS: tuple[Optimizer, ...] = typing.get_args(Optimizer)
+WEIGHTINGS: tuple[Weighting, ...] = typing.get_args(Weighting)
+QUANT_POSITIONS: tuple[QuantPosition, ...] = typing.get_args(QuantPosition)
+QUANT_BITS: tuple[QuantBits, ...] = typing.get_args(QuantBits)
+TASKS: tuple[Task, ...] = typing.get_args(Task)
+PRECISIONS: tuple[Precision, ...] = typing.get_args(Precision)
+TRAIN_DEVICES: tuple[TrainDevice, ...] = typing.get_args(TrainDevice)
 
 
 @dataclass
 class ModelConfig:
     name: str = "minilm"
     """Built-in name (minilm, smollm2-135m), a local model directory, or a hub id."""
-    task: str = "classification"
+    task: Task = "classification"
     """``classification`` (a sequence classifier with a trained head) or ``causal-lm``
     (instruction tuning of a decoder on prompt/response pairs; the LM head stays frozen)."""
     max_length: int = 64
     """Tokens per example (truncated / padded)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.task", self.task, TASKS)
+        _check_positive("model.max_length", self.max_length)
 
 
 @dataclass
@@ -67,7 +79,7 @@ class DataConfig:
     """Use at most this many training examples, drawn with the run's seed (default: all)."""
     max_test_samples: int | None = None
     """Evaluate on at most this many test examples, drawn with the run's seed (default: all)."""
-    partition: str = "dirichlet"
+    partition: Partition = "dirichlet"
     """How the training set is split across devices: iid, dirichlet (label skew per class),
     inner-dirichlet (label mix per device, equal sizes; docs/methods.md §8) or shards."""
     alpha: float = 1.0
@@ -77,6 +89,21 @@ class DataConfig:
     """Label-sorted shards each device gets (``partition = "shards"``)."""
     min_partition_size: int = 10
     """The Dirichlet split is redrawn until every device has at least this many examples."""
+
+    def __post_init__(self) -> None:
+        _check_choice("data.partition", self.partition, PARTITIONS)
+        _check_positive("data.shards_per_partition", self.shards_per_partition)
+        _check_optional_positive("data.max_train_samples", self.max_train_samples)
+        _check_optional_positive("data.max_test_samples", self.max_test_samples)
+        _check_number_above_zero("data.alpha", self.alpha)
+        if not 0 < self.test_fraction < 1:
+            raise FedquadError(
+                f"data.test_fraction = {self.test_fraction!r}: use a number between 0 and 1"
+            )
+        if self.min_partition_size < 0:
+            raise FedquadError(
+                f"data.min_partition_size = {self.min_partition_size}: use a number >= 0"
+            )
 
 
 @dataclass
@@ -97,6 +124,20 @@ class LoraConfig:
     """Per-block rank distribution from the output: ranks[0] is block L-1. Overrides `rank`."""
 
     def __post_init__(self) -> None:
+        _check_positive("lora.rank", self.rank)
+        _check_optional_positive("lora.depth", self.depth)
+        if not 0 <= self.dropout < 1:
+            raise FedquadError(f"lora.dropout = {self.dropout!r}: use a number in [0, 1)")
+        if self.ranks is not None:
+            if not self.ranks or any(r < 1 for r in self.ranks):
+                raise FedquadError(
+                    f"lora.ranks = {self.ranks!r}: use a non-empty list of ranks >= 1"
+                )
+            if self.depth is not None and len(self.ranks) != self.depth:
+                raise FedquadError(
+                    f"lora.ranks has {len(self.ranks)} entries but lora.depth = "
+                    f"{self.depth}: give one rank per LoRA block"
+                )
         if not _positive_number(self.scale):
             raise FedquadError(f"lora.scale = {self.scale!r} is not allowed: use a number > 0")
         if self.alpha is not None and not _positive_number(self.alpha):
@@ -116,7 +157,7 @@ class TrainConfig:
     """Learning rate of the LoRA parameters."""
     head_lr: float | None = None
     """Learning rate of the task head (default: `lr`)."""
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     """Local optimizer: adamw or sgd (plain SGD, no optimizer state)."""
     weight_decay: float = 0.0
     """Weight decay of the local optimizer."""
@@ -126,22 +167,55 @@ class TrainConfig:
     eval_batch_size: int = 64
     """Examples per batch when the server evaluates the global model."""
 
+    trim_batches: bool = True
+    """Cut each training batch to its longest sample: exact under the attention mask (right
+    padding), and a short sample then costs what it is. The cost profile and the virtual clock
+    still describe batches of ``model.max_length`` tokens."""
+    precision: Precision = "fp32"
+    """``fp32``, or ``bf16``: autocast, with the frozen base weights stored in bfloat16 (LoRA,
+    head and optimizer state stay float32). Evaluation and profiling run in it too."""
+    device: TrainDevice = "auto"
+    """Where the model trains: ``auto`` (cuda if present, else mps, else cpu), cpu, cuda or mps."""
+
+    def __post_init__(self) -> None:
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check_positive("train.local_steps", self.local_steps)
+        _check_positive("train.batch_size", self.batch_size)
+        _check_positive("train.eval_batch_size", self.eval_batch_size)
+        _check_number_above_zero("train.lr", self.lr)
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise FedquadError(f"train.head_lr = {self.head_lr!r}: use a number > 0")
+        if not isinstance(self.trim_batches, bool):
+            raise FedquadError(
+                f"train.trim_batches = {self.trim_batches!r} is not allowed: use true or false"
+            )
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.device", self.device, TRAIN_DEVICES)
+
 
 @dataclass
 class QuantConfig:
     """Activation quantization of the tensors saved for backward (docs/methods.md §2)."""
 
-    bits: int = 8
+    bits: QuantBits = 8
     """8, 4 or 2 bits per code."""
     group_size: int = 128
     """Elements per quantization group (one scale and minimum each) along the flattened tensor."""
-    position: str = "bottom"
+    position: QuantPosition = "bottom"
     """Which blocks of a device's span are quantized: the lowest q (bottom) or the highest (top)."""
     min_numel: int = 1024
     """Tensors smaller than this are kept as they are."""
     blocks: int = 0
     """q for methods that do not choose it per device (fedlora): quantize this many blocks of
     every device's span (capped at its depth)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("quant.bits", self.bits, QUANT_BITS)
+        _check_positive("quant.group_size", self.group_size)
+        for key, value in [("quant.blocks", self.blocks), ("quant.min_numel", self.min_numel)]:
+            if value < 0:
+                raise FedquadError(f"{key} = {value!r} is not allowed: use a whole number >= 0")
+        _check_choice("quant.position", self.position, QUANT_POSITIONS)
 
 
 @dataclass
@@ -155,14 +229,17 @@ class FederationConfig:
     eval_every: int = 1
     """Rounds between evaluations of the global model on the test set (the last round is always
     evaluated)."""
-    weighting: str = "samples"
+    weighting: Weighting = "samples"
     """Aggregation weights: by sample count, or uniform."""
     target_accuracy: float | None = None
     """Accuracy that defines "time to target" (default: 95% of the run's final accuracy)."""
     checkpoint_every: int = 1
     """Rounds between server checkpoints in the run directory (0: none); resume with
     ``fedquad run --resume DIR``."""
-    robust: str = "none"
+    save_adapter_every: int = 0
+    """Rounds between snapshots of the global adapter, ``adapter/round-XXXX/`` in the run
+    directory (0: none; the final adapter is always saved in ``adapter/``)."""
+    robust: Robust = "none"
     """Per-layer aggregation statistic: none (weighted mean), median or trimmed-mean
     (coordinate-wise, unweighted; per-layer methods only)."""
     trim_fraction: float = 0.1
@@ -180,6 +257,55 @@ class FederationConfig:
     been failing: ``⌈k·p/(1-p)⌉`` more for the moving average ``p`` of the share of planned
     devices whose update was not aggregated (0: off)."""
 
+    def __post_init__(self) -> None:
+        _check_choice("federation.weighting", self.weighting, WEIGHTINGS)
+        _check_positive("federation.rounds", self.rounds)
+        _check_positive("federation.eval_every", self.eval_every)
+        if self.checkpoint_every < 0:
+            raise FedquadError(
+                f"federation.checkpoint_every = {self.checkpoint_every}: "
+                "use a whole number >= 0 (0: no checkpoints)"
+            )
+        _check_optional_positive("federation.num_devices", self.num_devices)
+        _check_optional_positive("federation.devices_per_round", self.devices_per_round)
+        target = self.target_accuracy
+        if target is not None and not 0 < target <= 1:
+            raise FedquadError(
+                f"federation.target_accuracy = {target!r} is not allowed: use a number in (0, 1]"
+            )
+        _check_choice("federation.robust", self.robust, ROBUST_CHOICES)
+        if not 0 <= self.trim_fraction < 0.5:
+            raise FedquadError(f"federation.trim_fraction = {self.trim_fraction!r}: use [0, 0.5)")
+        if not 0 <= self.over_selection <= 10:
+            raise FedquadError(
+                f"federation.over_selection = {self.over_selection!r}: "
+                "use a fraction from 0 (off) to 10"
+            )
+        if not self.deadline_slack >= 0:
+            raise FedquadError(
+                f"federation.deadline_slack = {self.deadline_slack!r}: use a number >= 0"
+            )
+        rd = self.round_deadline
+        if rd is not None and not rd > 0:
+            raise FedquadError(f"federation.round_deadline = {rd!r}: use a number of seconds > 0")
+        if not self.norm_bound >= 0:
+            raise FedquadError(f"federation.norm_bound = {self.norm_bound!r}: use a number >= 0")
+        if (
+            self.devices_per_round is not None
+            and self.num_devices is not None
+            and self.devices_per_round > self.num_devices
+        ):
+            raise FedquadError(
+                f"federation.devices_per_round = {self.devices_per_round} is more than "
+                f"federation.num_devices = {self.num_devices}"
+            )
+        every = self.save_adapter_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise FedquadError(
+                f"federation.save_adapter_every = {every!r}: use a whole number >= 0 "
+                "(0: only the final adapter)"
+            )
+
 
 @dataclass
 class FleetConfig:
@@ -188,12 +314,21 @@ class FleetConfig:
     name: str = "default"
     """``default`` (small/medium/large tiers 30/40/10), ``papers`` (the same tiers with the
     published prototype's memory ladder), ``decorrelated`` (each speed class split half low,
-    half high memory), ``uniform`` (identical devices as fast as this host, memory for any
-    config), or a fleet TOML file (docs/methods.md §6)."""
+    half high memory), each also as ``<name>-jetson`` (every step timed by the Jetson boards'
+    composition), ``uniform`` (identical devices as fast as this host, memory for any config),
+    or a fleet TOML file (docs/methods.md §6)."""
     kappa: float = 0.1
     """Safety margin: a config fits a device when its memory is at most (1 - kappa) x budget."""
     capacity_gamma: float = 0.7
     """Weight of history in each device's moving average of its reported capacity."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.kappa < 1:
+            raise FedquadError(f"fleet.kappa = {self.kappa!r}: use a number in [0, 1)")
+        if not 0 <= self.capacity_gamma < 1:
+            raise FedquadError(
+                f"fleet.capacity_gamma = {self.capacity_gamma!r}: use a number in [0, 1)"
+            )
 
 
 @dataclass
@@ -204,7 +339,7 @@ class PlannerConfig:
     """``d_min`` (fedquad, legend, joint, fedquad-noquant)."""
     epsilon: float = 0.05
     """Deadline slack: ``T* = (1 + ε)·max_i T_i(cheapest)`` (fedquad, legend, joint)."""
-    deadline: str = "anchored"
+    deadline: Deadline = "anchored"
     """``anchored`` (straggler-anchored greedy), ``search`` (best progress per second, waiting
     longer than the straggler) or ``adaptive`` (``search`` that may also leave the slowest
     devices out of the round)."""
@@ -214,7 +349,7 @@ class PlannerConfig:
     """``λ``: the progress cost of one quantized block in ``deadline = search``."""
     block_weights: list[float] | None = None
     """``w_k`` of the k-th block from the output in ``deadline = search`` (default all 1)."""
-    rank_distribution: str = "halving"
+    rank_distribution: RankDistribution = "halving"
     """LEGEND's ranks over its ``D`` blocks (legend, joint): halving, uniform or linear."""
     rank_total: int | None = None
     """LEGEND's total rank ``R`` (default ``lora.rank × L``: as many parameters as uniform
@@ -223,6 +358,32 @@ class PlannerConfig:
     """LEGEND's global depth ``D`` (default ``⌈L/2⌉``)."""
     hetlora_ranks: list[int] | None = None
     """Ranks HetLoRA and FlexLoRA choose from (default ``r/4, r/2, r, 2r``)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("planner.deadline", self.deadline, DEADLINES)
+        _check_choice("planner.rank_distribution", self.rank_distribution, RANK_DISTRIBUTIONS)
+        if not self.epsilon >= 0:
+            raise FedquadError(f"planner.epsilon = {self.epsilon!r}: use a number >= 0")
+        if not 0 < self.min_participation <= 1:
+            raise FedquadError(
+                f"planner.min_participation = {self.min_participation!r}: use a fraction in (0, 1]"
+            )
+        if not self.progress_lambda >= 0:
+            raise FedquadError(
+                f"planner.progress_lambda = {self.progress_lambda!r}: use a number >= 0"
+            )
+        if self.block_weights is not None and any(not w >= 0 for w in self.block_weights):
+            raise FedquadError(f"planner.block_weights = {self.block_weights!r}: use numbers >= 0")
+        if self.hetlora_ranks is not None and (
+            not self.hetlora_ranks or any(r < 1 for r in self.hetlora_ranks)
+        ):
+            raise FedquadError(
+                f"planner.hetlora_ranks = {self.hetlora_ranks!r}: "
+                "use a non-empty list of ranks >= 1"
+            )
+        _check_positive("planner.min_depth", self.min_depth)
+        _check_optional_positive("planner.rank_total", self.rank_total)
+        _check_optional_positive("planner.legend_depth", self.legend_depth)
 
 
 @dataclass
@@ -243,6 +404,20 @@ class FaultConfig:
     oom_probability: float = 0.0
     """Chance that a device runs out of memory in its first training attempt."""
 
+    def __post_init__(self) -> None:
+        probabilities = [
+            self.crash_probability,
+            self.delay_probability,
+            self.corrupt_probability,
+            self.oom_probability,
+        ]
+        if any(not 0 <= p <= 1 for p in probabilities) or sum(probabilities) > 1:
+            raise FedquadError(
+                f"faults probabilities {probabilities}: use numbers in [0, 1] summing to <= 1"
+            )
+        if not self.delay_factor >= 1:
+            raise FedquadError(f"faults.delay_factor = {self.delay_factor!r}: use a number >= 1")
+
 
 @dataclass
 class ProfileConfig:
@@ -250,6 +425,19 @@ class ProfileConfig:
 
     timed_steps: int = 4
     """Timed steps per timing point (after one warm-up); the fastest is used."""
+    timing: str = "reference"
+    """Where the time terms ``f, g, o, c`` come from: ``"reference"``, the ones shipped with the
+    package for this workload (measured once on an idle machine; a workload without one is
+    measured here, with a warning); ``"measure"``, measured on this host (cached); or the path of
+    a timing file written by ``fedquad profile --export``. Saved bytes are always measured."""
+
+    def __post_init__(self) -> None:
+        _check_positive("profile.timed_steps", self.timed_steps)
+        if not isinstance(self.timing, str) or not self.timing.strip():
+            raise FedquadError(
+                f"profile.timing = {self.timing!r} is not allowed: "
+                "use 'reference', 'measure' or the path of a timing file"
+            )
 
 
 @dataclass
@@ -273,15 +461,51 @@ class FlowerConfig:
     out of the round (default: wait for every device — a device whose SuperNode is lost is
     still left out, once the SuperLink misses its heartbeats, about a minute)."""
 
+    def __post_init__(self) -> None:
+        host, sep, port = self.superlink.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise FedquadError(
+                f"flower.superlink = {self.superlink!r}: write it as host:port, e.g. 127.0.0.1:8000"
+            )
+        if self.insecure and self.root_certificates is not None:
+            raise FedquadError(
+                "flower.insecure = true turns TLS off: leave flower.root_certificates unset"
+            )
+        for key, seconds in [
+            ("nodes_timeout", self.nodes_timeout),
+            ("reply_timeout", self.reply_timeout),
+        ]:
+            if seconds is not None and not seconds > 0:
+                raise FedquadError(f"flower.{key} = {seconds!r}: use a number of seconds > 0")
+
+
+@dataclass
+class EngineConfig:
+    """What carries the round's messages to the clients (``[engine]``; the older string form
+    ``engine = "local"`` still reads as ``name``)."""
+
+    name: Engine = "local"
+    """``local`` (this process and its workers), ``flower-sim`` or ``flower``."""
+    workers: int | str = "auto"
+    """Local engine: 0 trains every device in this process, one after the other; N >= 1 trains
+    the round's devices in N single-thread worker processes; ``auto``: min(cores, devices per
+    round), in this process when that is 1. The metrics are the same for any value."""
+
+    def __post_init__(self) -> None:
+        _check_choice("engine.name", self.name, ENGINES)
+        w = self.workers
+        if w != "auto" and (not isinstance(w, int) or isinstance(w, bool) or w < 0):
+            raise FedquadError(
+                f"engine.workers = {w!r} is not allowed: use auto or a whole number >= 0"
+            )
+
 
 @dataclass
 class ExperimentConfig:
     method: str = "fedquad"
-    """The federated method: fedquad, legend, joint, fedlora, hetlora, flexlora, fedra or
-    fedquad-noquant."""
-    engine: str = "local"
-    """Where devices train: local (in this process), flower-sim (Flower's Simulation Engine) or
-    flower (a real federation on Flower's Deployment Engine)."""
+    """One of the methods of the registry (``fedquad.methods_registry``)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Where and how devices train (the ``[engine]`` table; ``engine = "local"`` also works)."""
     seed: int = 0
     """Seed of everything random in a run: data split, fleet draws, sampling, training."""
     output_dir: str = "runs"
@@ -308,177 +532,26 @@ class ExperimentConfig:
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
-    def validate(self) -> ExperimentConfig:
-        _check_choice("method", self.method, METHODS)
-        _check_choice("engine", self.engine, ENGINES)
-        _check_choice("model.task", self.model.task, TASKS)
-        _check_choice("data.partition", self.data.partition, PARTITIONS)
-        _check_choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
-        _check_choice("federation.weighting", self.federation.weighting, WEIGHTINGS)
-        _check_choice("quant.position", self.quant.position, QUANT_POSITIONS)
-        _check_choice("planner.deadline", self.planner.deadline, DEADLINES)
-        _check_choice(
-            "planner.rank_distribution", self.planner.rank_distribution, RANK_DISTRIBUTIONS
-        )
-        pc = self.planner
-        if not pc.epsilon >= 0:
-            raise FedquadError(f"planner.epsilon = {pc.epsilon!r}: use a number >= 0")
-        if not 0 < pc.min_participation <= 1:
-            raise FedquadError(
-                f"planner.min_participation = {pc.min_participation!r}: use a fraction in (0, 1]"
-            )
-        if not pc.progress_lambda >= 0:
-            raise FedquadError(
-                f"planner.progress_lambda = {pc.progress_lambda!r}: use a number >= 0"
-            )
-        if pc.block_weights is not None and any(not w >= 0 for w in pc.block_weights):
-            raise FedquadError(f"planner.block_weights = {pc.block_weights!r}: use numbers >= 0")
-        if pc.hetlora_ranks is not None and (
-            not pc.hetlora_ranks or any(r < 1 for r in pc.hetlora_ranks)
-        ):
-            raise FedquadError(
-                f"planner.hetlora_ranks = {pc.hetlora_ranks!r}: use a non-empty list of ranks >= 1"
-            )
-        if self.quant.bits not in QUANT_BITS:
-            raise FedquadError(f"quant.bits = {self.quant.bits!r} is not allowed: use 8, 4 or 2")
-        _check_positive("quant.group_size", self.quant.group_size)
-        for key, value in [
-            ("quant.blocks", self.quant.blocks),
-            ("quant.min_numel", self.quant.min_numel),
-        ]:
-            if value < 0:
-                raise FedquadError(f"{key} = {value!r} is not allowed: use a whole number >= 0")
-        for key, value in [
-            ("model.max_length", self.model.max_length),
-            ("lora.rank", self.lora.rank),
-            ("train.local_steps", self.train.local_steps),
-            ("train.batch_size", self.train.batch_size),
-            ("train.eval_batch_size", self.train.eval_batch_size),
-            ("federation.rounds", self.federation.rounds),
-            ("federation.eval_every", self.federation.eval_every),
-            ("data.shards_per_partition", self.data.shards_per_partition),
-        ]:
-            _check_positive(key, value)
-        _check_positive("planner.min_depth", self.planner.min_depth)
-        _check_positive("profile.timed_steps", self.profile.timed_steps)
-        fc = self.faults
-        probabilities = [
-            fc.crash_probability,
-            fc.delay_probability,
-            fc.corrupt_probability,
-            fc.oom_probability,
-        ]
-        if any(not 0 <= p <= 1 for p in probabilities) or sum(probabilities) > 1:
-            raise FedquadError(
-                f"faults probabilities {probabilities}: use numbers in [0, 1] summing to <= 1"
-            )
-        _check_flower(self.flower)
-        if not fc.delay_factor >= 1:
-            raise FedquadError(f"faults.delay_factor = {fc.delay_factor!r}: use a number >= 1")
-        if self.federation.checkpoint_every < 0:
-            raise FedquadError(
-                f"federation.checkpoint_every = {self.federation.checkpoint_every}: "
-                "use a whole number >= 0 (0: no checkpoints)"
-            )
-        for key, opt in [
-            ("planner.rank_total", self.planner.rank_total),
-            ("planner.legend_depth", self.planner.legend_depth),
-            ("federation.num_devices", self.federation.num_devices),
-            ("federation.devices_per_round", self.federation.devices_per_round),
-            ("lora.depth", self.lora.depth),
-            ("data.max_train_samples", self.data.max_train_samples),
-            ("data.max_test_samples", self.data.max_test_samples),
-        ]:
-            if opt is not None:
-                _check_positive(key, opt)
-        for key, number in [("train.lr", self.train.lr), ("data.alpha", self.data.alpha)]:
-            if not number > 0:
-                raise FedquadError(f"{key} = {number!r} is not allowed: use a number > 0")
-        if self.train.head_lr is not None and not self.train.head_lr > 0:
-            raise FedquadError(f"train.head_lr = {self.train.head_lr!r}: use a number > 0")
-        if not 0 < self.data.test_fraction < 1:
-            raise FedquadError(
-                f"data.test_fraction = {self.data.test_fraction!r}: use a number between 0 and 1"
-            )
-        if not 0 <= self.lora.dropout < 1:
-            raise FedquadError(f"lora.dropout = {self.lora.dropout!r}: use a number in [0, 1)")
-        if self.data.min_partition_size < 0:
-            raise FedquadError(
-                f"data.min_partition_size = {self.data.min_partition_size}: use a number >= 0"
-            )
-        if self.lora.ranks is not None:
-            if not self.lora.ranks or any(r < 1 for r in self.lora.ranks):
-                raise FedquadError(
-                    f"lora.ranks = {self.lora.ranks!r}: use a non-empty list of ranks >= 1"
-                )
-            if self.lora.depth is not None and len(self.lora.ranks) != self.lora.depth:
-                raise FedquadError(
-                    f"lora.ranks has {len(self.lora.ranks)} entries but lora.depth = "
-                    f"{self.lora.depth}: give one rank per LoRA block"
-                )
-        target = self.federation.target_accuracy
-        if target is not None and not 0 < target <= 1:
-            raise FedquadError(
-                f"federation.target_accuracy = {target!r} is not allowed: use a number in (0, 1]"
-            )
-        _check_choice("federation.robust", self.federation.robust, ROBUST_CHOICES)
-        if not 0 <= self.federation.trim_fraction < 0.5:
-            raise FedquadError(
-                f"federation.trim_fraction = {self.federation.trim_fraction!r}: use [0, 0.5)"
-            )
-        if not 0 <= self.federation.over_selection <= 10:
-            raise FedquadError(
-                f"federation.over_selection = {self.federation.over_selection!r}: "
-                "use a fraction from 0 (off) to 10"
-            )
-        if not self.federation.deadline_slack >= 0:
-            raise FedquadError(
-                f"federation.deadline_slack = {self.federation.deadline_slack!r}: use a number >= 0"
-            )
-        rd = self.federation.round_deadline
-        if rd is not None and not rd > 0:
-            raise FedquadError(f"federation.round_deadline = {rd!r}: use a number of seconds > 0")
-        if not self.federation.norm_bound >= 0:
-            raise FedquadError(
-                f"federation.norm_bound = {self.federation.norm_bound!r}: use a number >= 0"
-            )
-        if self.federation.robust != "none" and self.method in ("hetlora", "flexlora"):
+    def __post_init__(self) -> None:
+        # Each section checked itself when it was built; what spans sections is checked here.
+        _check_choice("method", self.method, method_names())
+        if self.federation.robust != "none" and not method(self.method).robust_ok:
             raise FedquadError(
                 f"federation.robust = {self.federation.robust!r} does not apply to {self.method}"
                 ": its devices send rank-truncated tensors; use none"
             )
-        if not 0 <= self.fleet.kappa < 1:
-            raise FedquadError(f"fleet.kappa = {self.fleet.kappa!r}: use a number in [0, 1)")
-        if not 0 <= self.fleet.capacity_gamma < 1:
-            raise FedquadError(
-                f"fleet.capacity_gamma = {self.fleet.capacity_gamma!r}: use a number in [0, 1)"
-            )
-        fed = self.federation
-        if (
-            fed.devices_per_round is not None
-            and fed.num_devices is not None
-            and fed.devices_per_round > fed.num_devices
-        ):
-            raise FedquadError(
-                f"federation.devices_per_round = {self.federation.devices_per_round} is more than "
-                f"federation.num_devices = {self.federation.num_devices}"
-            )
+
+    def validate(self) -> ExperimentConfig:
+        """Check everything again (a section may have been changed since it was built)."""
+        for section in self.sections():
+            section.__post_init__()
+        self.__post_init__()
         return self
 
-
-def _check_flower(fl: FlowerConfig) -> None:
-    host, sep, port = fl.superlink.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise FedquadError(
-            f"flower.superlink = {fl.superlink!r}: write it as host:port, e.g. 127.0.0.1:8000"
-        )
-    if fl.insecure and fl.root_certificates is not None:
-        raise FedquadError(
-            "flower.insecure = true turns TLS off: leave flower.root_certificates unset"
-        )
-    for key, seconds in [("nodes_timeout", fl.nodes_timeout), ("reply_timeout", fl.reply_timeout)]:
-        if seconds is not None and not seconds > 0:
-            raise FedquadError(f"flower.{key} = {seconds!r}: use a number of seconds > 0")
+    def sections(self) -> list[Any]:
+        """The option tables (model, data, ...), in declaration order."""
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return [v for v in values if dataclasses.is_dataclass(v)]
 
 
 def _drop_none(value: Any) -> Any:
@@ -494,14 +567,32 @@ def _positive_number(value: object) -> bool:
     return math.isfinite(value) and value > 0
 
 
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise FedquadError(f"{key} = {value!r} is not allowed: use one of {', '.join(allowed)}")
+def _check_choice(key: str, value: object, allowed: tuple[Any, ...]) -> None:
+    # A bool equals 0 or 1, so compare types too (quant.bits = true is not 1 bit).
+    if not any(type(value) is type(a) and value == a for a in allowed):
+        raise FedquadError(f"{key} = {value!r} is not allowed: use {_listed(allowed)}")
+
+
+def _listed(allowed: tuple[Any, ...]) -> str:
+    if all(isinstance(a, str) for a in allowed):
+        return "one of " + ", ".join(allowed)
+    *rest, last = (str(a) for a in allowed)
+    return f"{', '.join(rest)} or {last}"
 
 
 def _check_positive(key: str, value: int) -> None:
     if value < 1:
         raise FedquadError(f"{key} = {value!r} is not allowed: use a whole number >= 1")
+
+
+def _check_optional_positive(key: str, value: int | None) -> None:
+    if value is not None:
+        _check_positive(key, value)
+
+
+def _check_number_above_zero(key: str, number: float) -> None:
+    if not number > 0:
+        raise FedquadError(f"{key} = {number!r} is not allowed: use a number > 0")
 
 
 # --------------------------------------------------------------------------- building from dicts
@@ -518,7 +609,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]
+        for alternative in inner[1:]:  # e.g. ``int | str``: the first type the value is
+            if isinstance(value, alternative) and not isinstance(value, bool):
+                return value
         return _coerce(key, value, inner[0])
+    if origin is Literal:
+        # The type first (as for a plain field), then the choice.
+        _coerce(key, value, type(args[0]))
+        _check_choice(key, value, args)
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise FedquadError(f"{key} = {value!r}: expected a list")
@@ -549,8 +648,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _engine_table(data: dict[str, Any]) -> dict[str, Any]:
+    """``engine = "local"`` (the older form, still in run directories) as ``[engine]``."""
+    if isinstance(data.get("engine"), str):
+        data = {**data, "engine": {"name": data["engine"]}}
+    return data
+
+
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    config: ExperimentConfig = _build(ExperimentConfig, data, "")
+    config: ExperimentConfig = _build(ExperimentConfig, _engine_table(data), "")
     return config.validate()
 
 
@@ -564,7 +670,7 @@ def _parse_value(text: str) -> Any:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides (dotted keys for sections) to a raw config dict."""
-    data = _deep_copy(data)
+    data = _deep_copy(_engine_table(data))
     for item in overrides:
         if "=" not in item:
             raise FedquadError(f"--set {item!r}: write it as key=value, e.g. federation.rounds=5")
@@ -575,7 +681,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise FedquadError(f"--set {item!r}: '{part}' is not a section")
-        node[parts[-1]] = _parse_value(text.strip())
+        value = _parse_value(text.strip())
+        if parts == ["engine"] and isinstance(value, str):
+            value = {**data.get("engine", {}), "name": value}  # ``--set engine=flower``
+        node[parts[-1]] = value
     return data
 
 
@@ -583,13 +692,38 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+"""The built-in configs (``--config quickstart``), shipped inside the package."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file, or the file of a built-in preset named without a directory or suffix
+    (a file of that name in the working directory wins)."""
+    path = Path(name)
+    preset = PRESETS_DIR / f"{path.name}.toml"
+    if not path.exists() and str(name) == path.name and not path.suffix and preset.is_file():
+        return preset
+    return path
+
+
+def _missing_config(path: Path) -> str:
+    presets = preset_names()
+    close = difflib.get_close_matches(path.stem, presets, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"config file '{path}' does not exist (built-in presets: {', '.join(presets)}){hint}"
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = config_path(path)
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise FedquadError(f"config file '{path}' does not exist") from None
+        raise FedquadError(_missing_config(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FedquadError(f"config file '{path}' cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:

@@ -20,7 +20,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from fedquad.errors import FedquadError
 
@@ -36,6 +36,8 @@ SECRET = "serverapp.secret"
 """Shared by the SuperLink and ``fedquad run``: only its holders may take a run's ServerApp task
 (``--superexec-auth-secret-file``), so nobody else reaching the SuperLink can drive the
 SuperNodes."""
+CERT_FILES = (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, SECRET)
+"""What ``fedquad deploy certs`` writes."""
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 DEFAULT_SUPERLINK = "127.0.0.1:8000"
 """Flower's default: the SuperLink's Control, Fleet and Runtime APIs share one HTTPS port."""
@@ -47,6 +49,12 @@ DEVICE_KEY = "partition-id"
 CONNECTION = "fedquad"
 """The name of the SuperLink connection fedquad writes for the ``flwr`` command."""
 CERT_DAYS = 365
+
+Existing = Literal["refuse", "move", "discard"]
+"""What to do with key material already on disk: ``refuse`` (a one-line error), ``move`` (into
+``replaced-<timestamp>/`` beside it: ``--force``), ``discard`` (throwaway material, the loopback's
+own)."""
+REPLACED = "replaced-"
 
 INSECURE_WARNING = (
     "warning: {what} without TLS: model updates, configs and node identities travel in clear "
@@ -68,11 +76,15 @@ def warn_insecure(what: str) -> None:
 
 
 def make_certificates(
-    out: Path, hosts: Sequence[str] = DEFAULT_HOSTS, days: int = CERT_DAYS
+    out: Path,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    days: int = CERT_DAYS,
+    existing: Existing = "refuse",
 ) -> dict[str, Path]:
     """A private CA and a SuperLink certificate it signs, valid for ``hosts`` (IP addresses or
     DNS names): ``ca.crt``, ``ca.key``, ``server.pem``, ``server.key`` in ``out``, and the
-    SuperLink's ServerApp secret ``serverapp.secret``."""
+    SuperLink's ServerApp secret ``serverapp.secret``. Files already there are handled as
+    ``existing`` says: every enrolled device trusts the old CA, so it is never silently lost."""
     # cryptography ships with flwr (its SuperNode needs it): no openssl binary required
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -81,8 +93,10 @@ def make_certificates(
 
     if not hosts:
         raise FedquadError("give at least one --host the SuperLink is reached at")
+    paths = {name: out / name for name in CERT_FILES}
+    clear_material(list(paths.values()), existing)
     names = [_subject_alt_name(h) for h in hosts]
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
     def subject(name: str) -> x509.Name:
@@ -120,8 +134,7 @@ def make_certificates(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    out = ensure_directory(out)
-    paths = {name: out / name for name in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, SECRET)}
+    ensure_directory(out)
     _write(paths[CA_CERT], _cert_pem(ca))
     _write(paths[CA_KEY], _key_pem(ca_key), private=True)
     _write(paths[SERVER_CERT], _cert_pem(server))
@@ -130,8 +143,9 @@ def make_certificates(
     return paths
 
 
-def make_node_key(path: Path) -> tuple[Path, Path]:
-    """A SuperNode's key pair: ``path`` (private, OpenSSH) and ``path.pub`` (to register)."""
+def make_node_key(path: Path, existing: Existing = "refuse") -> tuple[Path, Path]:
+    """A SuperNode's key pair: ``path`` (private, OpenSSH) and ``path.pub`` (to register); a
+    pair already there is handled as ``existing`` says."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -144,8 +158,9 @@ def make_node_key(path: Path) -> tuple[Path, Path]:
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
+    public_path = public_key_path(path)
+    clear_material([path, public_path], existing)
     ensure_directory(path.parent)
-    public_path = path.with_name(path.name + ".pub")
     _write(path, private, private=True)
     _write(public_path, public + b"\n")
     return path, public_path
@@ -153,6 +168,10 @@ def make_node_key(path: Path) -> tuple[Path, Path]:
 
 def node_key_path(directory: Path, device: int) -> Path:
     return directory / f"supernode-{device}.key"
+
+
+def public_key_path(private: Path) -> Path:
+    return private.with_name(private.name + ".pub")
 
 
 def _subject_alt_name(host: str) -> x509.GeneralName:
@@ -210,13 +229,41 @@ def ensure_directory(path: Path) -> Path:
     return path
 
 
+def clear_material(paths: list[Path], existing: Existing) -> None:
+    """Make way for new key material at ``paths`` (see :data:`Existing`)."""
+    found = [p for p in paths if p.exists() or p.is_symlink()]
+    if not found:
+        return
+    if existing == "refuse":
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise FedquadError(
+            f"'{found[0]}'{more} already exists: devices may depend on it; --force moves the "
+            f"old files into {found[0].parent / REPLACED}<timestamp>/ and writes new ones"
+        )
+    if existing == "discard":
+        for path in found:
+            path.unlink()
+        return
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    aside = ensure_directory(found[0].parent / f"{REPLACED}{stamp}")
+    for path in found:
+        # a rename within the directory: the old material is kept whole, never deleted
+        path.rename(aside / path.name)
+    print(f"moved the old {', '.join(p.name for p in found)} into {aside}", file=sys.stderr)
+
+
 def _write(path: Path, data: bytes, private: bool = False) -> None:
+    """Create ``path`` (never overwrite it); a private key is 0600 from the moment it exists,
+    anything else gets 0666 masked by the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
-        path.write_bytes(data)
-        if private:  # private keys: readable by their owner only
-            path.chmod(0o600)
+        fd = os.open(path, flags, 0o600 if private else 0o666)
+    except FileExistsError:
+        raise FedquadError(f"'{path}' already exists: it is not overwritten") from None
     except OSError as exc:
         raise FedquadError(f"'{path}' cannot be written: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 # --------------------------------------------------------------------------- commands

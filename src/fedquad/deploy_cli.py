@@ -19,17 +19,21 @@ from pathlib import Path
 
 from fedquad.deploy import (
     CA_CERT,
+    CERT_FILES,
     DEFAULT_HOSTS,
     DEFAULT_SUPERLINK,
     INSECURE_WHAT,
     RUNTIME_PORT,
     SECRET,
     SERVER_CERT,
+    Existing,
+    clear_material,
     ensure_directory,
     flower_env,
     make_certificates,
     make_node_key,
     node_key_path,
+    public_key_path,
     register_command,
     superlink_command,
     supernode_command,
@@ -61,6 +65,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     key = cmds.add_parser("node-key", help="a SuperNode's key pair (FILE and FILE.pub)")
     key.add_argument("file", type=Path)
+    for parser in (certs, key):
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="replace existing files, moving them into replaced-<timestamp>/ (never deleted)",
+        )
     link = cmds.add_parser("superlink", help="start the SuperLink (TLS, node authentication)")
     link.add_argument("--certs", type=Path, default=Path("certs"), help="default: ./certs")
     link.add_argument("--address", default=DEFAULT_SUPERLINK, help="host:port to listen on")
@@ -96,11 +106,12 @@ def main(args: argparse.Namespace) -> int:
     """Run a ``fedquad deploy`` subcommand."""
     command = args.deploy_command
     if command == "certs":
-        return _certs(args.dir, args.hosts or list(DEFAULT_HOSTS), args.nodes)
+        existing: Existing = "move" if args.force else "refuse"
+        return _certs(args.dir, args.hosts or list(DEFAULT_HOSTS), args.nodes, existing)
     if command == "loopback":
         return _loopback(args.dir, args.nodes)
     if command == "node-key":
-        private, public = make_node_key(args.file)
+        private, public = make_node_key(args.file, "move" if args.force else "refuse")
         print(f"private key {private} (stays on the device), public key {public} (to register)")
         return 0
     if args.insecure:
@@ -130,12 +141,16 @@ def node_home(device: int) -> Path:
     return Path(base) / f"supernode-{device}"
 
 
-def _certs(directory: Path, hosts: list[str], nodes: int) -> int:
+def _certs(directory: Path, hosts: list[str], nodes: int, existing: Existing) -> int:
     if nodes < 0:
         raise FedquadError(f"--nodes {nodes}: use a number >= 0")
+    # every file checked (or moved into one replaced-<timestamp>/) before any is written
+    keys = [node_key_path(directory, d) for d in range(nodes)]
+    material = [directory / name for name in CERT_FILES]
+    clear_material(material + keys + [public_key_path(k) for k in keys], existing)
     paths = make_certificates(directory, hosts)
-    for device in range(nodes):
-        make_node_key(node_key_path(directory, device))
+    for key in keys:
+        make_node_key(key)
     print(f"CA certificate {paths[CA_CERT]} (give it to every device and to fedquad run)")
     print(f"SuperLink certificate {paths[SERVER_CERT]} for {', '.join(hosts)}")
     print(f"ServerApp secret {paths[SECRET]} (for the SuperLink and fedquad run only)")

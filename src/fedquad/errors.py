@@ -15,6 +15,20 @@ class FedquadError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: says where its results are, so the user can resume it."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__(run_dir)
+        self.run_dir = run_dir
+
+    def message(self) -> str:
+        return (
+            f"interrupted; the rounds so far are in {self.run_dir}; "
+            f"continue with: fedquad run --resume {self.run_dir}"
+        )
+
+
 def unknown_key(key: str, allowed: Sequence[str], where: str = "config") -> FedquadError:
     """An unknown key in a file, with the closest known key as a suggestion."""
     hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(allowed), n=1)

@@ -167,8 +167,9 @@ def loopback(root: Path, num_devices: int) -> Iterator[Loopback]:
     if num_devices < 1:
         raise FedquadError(f"{num_devices} devices: a deployment needs at least 1")
     certs = root / "certs"
-    make_certificates(certs, ["127.0.0.1", "localhost"])
-    keys = [make_node_key(node_key_path(certs, d)) for d in range(num_devices)]
+    # throwaway material of this loopback only: made afresh each time
+    make_certificates(certs, ["127.0.0.1", "localhost"], existing="discard")
+    keys = [make_node_key(node_key_path(certs, d), "discard") for d in range(num_devices)]
     processes = FlowerProcesses(root / "flower")
     try:
         address = start_superlink(processes, certs)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedquad.config import METHODS, apply_overrides, from_dict, read_toml
+from fedquad.config import apply_overrides, from_dict, read_toml
 from fedquad.errors import FedquadError
+from fedquad.methods_registry import method_names
 from fedquad.report.results import atomic_write_text
 from fedquad.report.seeded import PLAN_FILE, PLAN_SCHEMA, read_plan, run_dir, write_report
 
@@ -102,9 +103,9 @@ def parse_entries(items: Sequence[Mapping[str, Any]], where: str) -> list[Entry]
                 f"{where}: entry {i} has unknown key {unknown[0]!r}; use label, method and set"
             )
         method = item.get("method")
-        if method not in METHODS:
+        if method not in method_names():
             raise FedquadError(
-                f"{where}: entry {i} has method {method!r}; use one of {', '.join(METHODS)}"
+                f"{where}: entry {i} has method {method!r}; use one of {', '.join(method_names())}"
             )
         label = item.get("label", method)
         if not isinstance(label, str) or not _label_ok(label):

@@ -26,6 +26,19 @@ from fedquad.cost.profiler import (
     profile_key,
     profile_workload,
 )
+from fedquad.cost.timing import (
+    MAX_LOAD,
+    REFERENCE_THREADS,
+    TimingSource,
+    check_load,
+    host_provenance,
+    load_average,
+    measure_reference,
+    measured_source,
+    reference_key,
+    resolve_timing,
+    write_timing,
+)
 from fedquad.data import load_text_classification, partition_dataset, tokenize_dataset
 from fedquad.data.chat import tokenize_pairs
 from fedquad.data.prompts import load_prompt_data
@@ -49,6 +62,7 @@ from fedquad.models.registry import (
 )
 from fedquad.planners import global_ranks
 from fedquad.train.generate import PromptTestSet
+from fedquad.train.placement import model_device, place_model
 
 BUILTIN_FLEETS = (*TIERED_FLEETS, "uniform")
 
@@ -73,6 +87,8 @@ class ProfileResult:
     profile: CostProfile
     path: Path
     measured_now: bool
+    timing: TimingSource
+    """The time terms' source, which a run copies into its directory as ``timing.json``."""
 
 
 # --------------------------------------------------------------------------- fleet
@@ -152,6 +168,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_base_model(config: ExperimentConfig, num_labels: int = 2) -> tuple[Any, ModelParts]:
+    """The pretrained model of ``config`` (a classifier with ``num_labels`` classes, or a causal
+    LM) and its parts; every process that trains (the server's, a worker) loads it so."""
+    if config.model.task == "causal-lm":
+        model = load_causal_lm(config.model.name)
+        # The LM head (often tied to the input embeddings) is neither trained nor exchanged:
+        # only the blocks' LoRA is federated.
+        return model, dataclasses.replace(describe_model(model), head_names=[])
+    model = load_sequence_classifier(config.model.name, num_labels)
+    return model, describe_model(model)
+
+
+def with_lora(
+    config: ExperimentConfig, model: Any, parts: ModelParts, structure: LoraStructure
+) -> Any:
+    """``model`` with the LoRA of ``structure``, on the run's device and in its precision."""
+    peft_model = attach_lora(model, parts, structure)
+    place_model(peft_model, config.train.device, config.train.precision)
+    if config.model.task == "causal-lm":
+        keep_answer_logits(peft_model)
+    return peft_model
+
+
 def build_workbench(config: ExperimentConfig) -> Workbench:
     """Load and partition the data and the model for ``config`` (validated first)."""
     config.validate()
@@ -169,11 +208,10 @@ def build_workbench(config: ExperimentConfig) -> Workbench:
         max_test_samples=dc.max_test_samples,
     )
     tokenizer = load_tokenizer(config.model.name)
-    model = load_sequence_classifier(config.model.name, data.num_labels)
-    parts = describe_model(model)
+    model, parts = load_base_model(config, data.num_labels)
     _check_positions(config, model)
     structure = method_structure(config, parts.num_blocks)
-    peft_model = attach_lora(model, parts, structure)
+    peft_model = with_lora(config, model, parts, structure)
     train_tok = tokenize_dataset(data.train, tokenizer, config.model.max_length)
     return Workbench(
         config=config,
@@ -205,14 +243,10 @@ def _causal_lm_workbench(config: ExperimentConfig, fleet: FleetSpec) -> Workbenc
             "(only recast classification data such as fine-foods-prompts does): use iid"
         )
     tokenizer = load_tokenizer(config.model.name)
-    model = load_causal_lm(config.model.name)
-    # The LM head (often tied to the input embeddings) is neither trained nor exchanged: only
-    # the blocks' LoRA is federated.
-    parts = dataclasses.replace(describe_model(model), head_names=[])
+    model, parts = load_base_model(config)
     _check_positions(config, model)
     structure = method_structure(config, parts.num_blocks)
-    peft_model = attach_lora(model, parts, structure)
-    keep_answer_logits(peft_model)
+    peft_model = with_lora(config, model, parts, structure)
     length = config.model.max_length
     train_tok = tokenize_pairs(data.train, tokenizer, length)
     test_tok = tokenize_pairs(data.test, tokenizer, length, with_prompts=True)
@@ -276,28 +310,111 @@ def to_tensors(dataset: Any) -> TensorData:
 def workload_profile(
     bench: Workbench, refresh: bool = False, settings: ProfileSettings | None = None
 ) -> ProfileResult:
-    """The cost profile of the bench's workload: from the cache, or measured now and cached."""
+    """The cost profile of the bench's workload: its time terms from ``profile.timing``
+    (docs/methods.md §6), its bytes measured by the trainer's hooks; from the cache, or measured
+    now and cached."""
     config, parts, structure = bench.config, bench.parts, bench.structure
     settings = settings or ProfileSettings(timed_steps=bench.config.profile.timed_steps)
     train, quant = config.train, config.quant
-    key = workload_key(bench, settings)
-    batch = next(d for d in bench.device_data if len(d["labels"]))
+    fields = workload_fields(bench, settings)
+    ref_key = timing_key(bench, fields)
+    source = resolve_timing(config.profile.timing, ref_key)
+    key = profile_key(
+        **fields,
+        timing=source.kind if source else "measure",
+        timing_hash=source.hash if source else None,
+    )
+    batch = profiling_batch(bench)
 
     def measure(timing: StepTiming | None) -> CostProfile:
+        given = source.timing if source is not None else timing
         return profile_workload(
-            bench.model, parts, structure, batch, train, quant, settings, timing=timing
+            bench.model, parts, structure, batch, train, quant, settings, timing=given
         )
 
     profile, path, measured = cached_profile(key, measure, cache_dir(), refresh)
-    return ProfileResult(profile=profile, path=path, measured_now=measured)
+    if source is None:
+        source = measured_source(StepTiming.of(profile), ref_key)
+    return ProfileResult(profile=profile, path=path, measured_now=measured, timing=source)
+
+
+def export_timing(
+    bench: Workbench,
+    path: str | Path,
+    force: bool = False,
+    repeats: int = 8,
+    max_load: float = MAX_LOAD,
+) -> TimingSource:
+    """Measure the bench's time terms by the reference method and write them to ``path`` as a
+    timing file; refused on a loaded machine unless ``force`` (the load is recorded)."""
+    config = bench.config
+    before = load_average()
+    check_load(before, force, max_load)
+    timing = measure_reference(
+        bench.model,
+        bench.parts,
+        bench.structure,
+        profiling_batch(bench),
+        config.train,
+        config.quant,
+        repeats,
+    )
+    if not timing.shareable:
+        raise FedquadError(
+            f"lora.depth = {bench.structure.depth} times one depth only, which cannot tell g "
+            "from c: export a reference at a global LoRA depth of 2 or more"
+        )
+    after = load_average()
+    check_load(after, force, max_load, own=REFERENCE_THREADS)
+    source = TimingSource(
+        "reference",
+        timing,
+        timing_key(bench),
+        {
+            **host_provenance(),
+            "method": "interleaved (1,0) (ceil(D/2),0) (D,0) (D,D), fastest step of each",
+            "repeats": repeats,
+            "threads": REFERENCE_THREADS,
+            "load_before": before,
+            "load_after": after,
+            "forced": force,
+        },
+    )
+    write_timing(path, source)
+    return source
+
+
+def profiling_batch(bench: Workbench) -> TensorData:
+    """The samples the profiler steps on: the first device's with data."""
+    return next(d for d in bench.device_data if len(d["labels"]))
+
+
+def timing_key(bench: Workbench, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reference-timing key of the bench's workload (see :mod:`fedquad.cost.timing`)."""
+    config = bench.config
+    fields = fields if fields is not None else workload_fields(bench, ProfileSettings())
+    if config.model.task == "causal-lm":
+        # the head's cost depends on where the answers sit
+        fields = {**fields, "dataset": config.data.name}
+    return reference_key(
+        fields,
+        precision=getattr(config.train, "precision", "fp32"),
+        device="cpu",
+        threads=REFERENCE_THREADS,
+    )
 
 
 def workload_key(bench: Workbench, settings: ProfileSettings) -> dict[str, Any]:
-    """The profile cache key of the bench's workload: the rank layout enters only ``ranks``
-    (the model's size is counted without LoRA), so layouts can share the time terms."""
+    """The profile cache key of the bench's workload, host fields included, timing source not."""
+    return profile_key(**workload_fields(bench, settings))
+
+
+def workload_fields(bench: Workbench, settings: ProfileSettings) -> dict[str, Any]:
+    """What the bench's workload is, for cache and timing keys: the rank layout enters only
+    ``ranks`` (the model's size is counted without LoRA), so layouts can share the time terms."""
     config, parts, structure = bench.config, bench.parts, bench.structure
     train, quant = config.train, config.quant
-    return profile_key(
+    return dict(
         model=config.model.name,
         family=parts.family,
         num_blocks=parts.num_blocks,
@@ -307,6 +424,8 @@ def workload_key(bench: Workbench, settings: ProfileSettings) -> dict[str, Any]:
         num_labels=len(bench.label_names),
         batch_size=train.batch_size,
         max_length=config.model.max_length,
+        precision=train.precision,
+        device=model_device(bench.model).type,
         ranks=list(structure.ranks),
         lora_alpha=structure.alpha,
         lora_scale=structure.scale,

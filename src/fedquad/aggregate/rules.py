@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 from fedquad.aggregate.hetrank import aggregate_svd, aggregate_zero_padded
 from fedquad.aggregate.perlayer import State, Update, aggregate_per_layer
 from fedquad.errors import FedquadError
+from fedquad.methods_registry import Aggregation
 
 Rule = Callable[[State, Sequence[Update], str], State]
 
-RULES: dict[str, Rule] = {
+RULES: dict[Aggregation, Rule] = {
     "perlayer": aggregate_per_layer,
     "zeropad": aggregate_zero_padded,
     "svd": aggregate_svd,

@@ -15,9 +15,11 @@ from fedquad.cost.fleet import (
     sample_round,
 )
 from fedquad.cost.model import (
+    COMPOSITIONS,
     CostProfile,
     LinkProfile,
     RoundTime,
+    StepComposition,
     download_bytes,
     fit_times,
     full_footprint,
@@ -31,11 +33,13 @@ from fedquad.cost.model import (
 )
 
 __all__ = [
+    "COMPOSITIONS",
     "CostProfile",
     "Device",
     "FleetSpec",
     "LinkProfile",
     "RoundTime",
+    "StepComposition",
     "Tier",
     "decorrelated_fleet",
     "default_fleet",

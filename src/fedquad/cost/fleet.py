@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import tomli_w
-import tomllib
 
+from fedquad.cost.model import COMPOSITIONS, StepComposition
 from fedquad.errors import FedquadError, unknown_key
 
 MB = 1_000_000
@@ -42,6 +43,9 @@ class Tier:
     """Downlink in MB/s."""
     availability: float = 1.0
     """Probability that a device of the tier is online in a round (drawn per device per round)."""
+    composition: StepComposition | None = None
+    """The tier's own step composition (docs/methods.md §6); None: the host's mix × σ. In a
+    fleet file a built-in name (``"jetson"``) or a table ``{forward, fixed, quant_overhead}``."""
 
     def budget_bytes(self, full_footprint_bytes: int) -> int:
         if self.memory is not None:
@@ -64,6 +68,8 @@ class Device:
     """Bytes/s."""
     available: bool = True
     """Online this round; only online devices can be sampled."""
+    composition: StepComposition | None = None
+    """Its tier's step composition; None: the host's mix."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,12 @@ class FleetSpec:
     @property
     def num_devices(self) -> int:
         return sum(t.count for t in self.tiers)
+
+
+def with_composition(spec: FleetSpec, composition: StepComposition) -> FleetSpec:
+    """``spec`` with every tier timed by ``composition``."""
+    tiers = tuple(dataclasses.replace(t, composition=composition) for t in spec.tiers)
+    return dataclasses.replace(spec, tiers=tiers)
 
 
 def default_fleet() -> FleetSpec:
@@ -135,12 +147,24 @@ def decorrelated_fleet() -> FleetSpec:
     return FleetSpec(tiers=tuple(tiers), per_round=10, base_slowdown=1.0)
 
 
-TIERED_FLEETS: dict[str, Callable[[], FleetSpec]] = {
+_HOST_CLOCK_FLEETS: dict[str, Callable[[], FleetSpec]] = {
     "default": default_fleet,
     "papers": papers_fleet,
     "decorrelated": decorrelated_fleet,
 }
-"""The built-in fleets of board tiers, by ``fleet.name``."""
+
+
+def _on_jetson(make: Callable[[], FleetSpec]) -> Callable[[], FleetSpec]:
+    return lambda: with_composition(make(), COMPOSITIONS["jetson"])
+
+
+TIERED_FLEETS: dict[str, Callable[[], FleetSpec]] = {
+    **_HOST_CLOCK_FLEETS,
+    **{f"{name}-jetson": _on_jetson(make) for name, make in _HOST_CLOCK_FLEETS.items()},
+}
+"""The built-in fleets of board tiers, by ``fleet.name``; ``<name>-jetson`` is the same fleet
+with every tier timed by the ``jetson`` step composition (docs/methods.md §6, §8: the board
+clock beside the host's)."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -186,6 +210,10 @@ def _check_tier(tier: Tier) -> None:
         raise FedquadError(f"{where} uplink_mbps = {list(low_high)}: use low <= high")
     _positive(f"{where} downlink_mbps", tier.downlink_mbps)
     _probability(f"{where} availability", tier.availability)
+    if tier.composition is not None and not isinstance(tier.composition, StepComposition):
+        raise FedquadError(
+            f"{where} composition = {tier.composition!r} is not allowed: use a StepComposition"
+        )
 
 
 def _tier_from_dict(index: int, data: Any) -> Tier:
@@ -198,6 +226,8 @@ def _tier_from_dict(index: int, data: Any) -> Tier:
         if key not in data:
             raise FedquadError(f"fleet tier #{index + 1} has no '{key}': it is required")
     values = dict(data)
+    if "composition" in values:
+        values["composition"] = _composition(data["name"], values["composition"])
     if "uplink_mbps" in values:
         uplink = values["uplink_mbps"]
         if not isinstance(uplink, list) or len(uplink) != 2:
@@ -207,6 +237,33 @@ def _tier_from_dict(index: int, data: Any) -> Tier:
             )
         values["uplink_mbps"] = tuple(uplink)
     return Tier(**values)
+
+
+_COMPOSITION_KEYS = ("forward", "fixed", "quant_overhead")
+
+
+def _composition(tier: Any, value: Any) -> StepComposition:
+    if isinstance(value, str):
+        if value not in COMPOSITIONS:
+            raise FedquadError(
+                f"fleet tier {tier!r} composition = {value!r} is not allowed: use one of "
+                f"{', '.join(COMPOSITIONS)} or a table {{forward = …, fixed = …}}"
+            )
+        return COMPOSITIONS[value]
+    if not isinstance(value, dict):
+        raise FedquadError(
+            f"fleet tier {tier!r} composition = {value!r} is not allowed: use a built-in name "
+            "or a table {forward = …, fixed = …}"
+        )
+    for key in value:
+        if key not in _COMPOSITION_KEYS:
+            raise unknown_key(key, _COMPOSITION_KEYS, f"fleet tier {tier!r} composition")
+    if "forward" not in value:
+        raise FedquadError(f"fleet tier {tier!r} composition has no 'forward': it is required")
+    try:
+        return StepComposition(**value, name=None)
+    except FedquadError as exc:
+        raise FedquadError(f"fleet tier {tier!r}: {exc}") from None
 
 
 def fleet_from_dict(data: dict[str, Any]) -> FleetSpec:
@@ -249,6 +306,13 @@ def fleet_to_toml(spec: FleetSpec) -> str:
         table["uplink_mbps"] = list(tier.uplink_mbps)
         table["downlink_mbps"] = tier.downlink_mbps
         table["availability"] = tier.availability
+        if tier.composition is not None:
+            c = tier.composition
+            table["composition"] = c.name or {
+                "forward": c.forward,
+                "fixed": c.fixed,
+                "quant_overhead": c.quant_overhead,
+            }
         tiers.append(table)
     doc = {"per_round": spec.per_round, "base_slowdown": spec.base_slowdown, "tier": tiers}
     return tomli_w.dumps(doc)
@@ -291,6 +355,7 @@ def devices_for_round(
                     uplink=float(uplink),
                     downlink=tier.downlink_mbps * MB,
                     available=online[len(devices)],
+                    composition=tier.composition,
                 )
             )
     return devices

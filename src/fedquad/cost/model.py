@@ -128,6 +128,40 @@ class CostProfile:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class StepComposition:
+    """A tier's own mix of its full-depth unquantized step (docs/methods.md §6): forward ``F``,
+    fixed cost ``C``, and backward ``1 - F - C`` spread evenly over the ``L`` blocks, plus
+    ``o = quant_overhead·g`` per quantized block. Anchored so that the tier's full-depth step
+    stays ``σ`` × the host's: a full-depth method times the same on every composition."""
+
+    forward: float
+    """``F``: share of the full-depth step that is the forward pass."""
+    fixed: float = 0.0
+    """``C``: share that is embeddings, head, loss and optimizer step."""
+    quant_overhead: float = 0.25
+    """``o`` as a multiple of a block's backward share ``g`` (ours)."""
+    name: str | None = None
+    """The built-in composition it is, if any (what a fleet file names)."""
+
+    def __post_init__(self) -> None:
+        where = f"step composition {self.name or ''}".rstrip()
+        for key in ("forward", "fixed", "quant_overhead"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+                raise FedquadError(f"{where} {key} = {value!r} is not allowed: use a number >= 0")
+        if not self.forward + self.fixed < 1:
+            raise FedquadError(
+                f"{where} forward + fixed = {self.forward + self.fixed:g} is not allowed: "
+                "use shares that leave the backward pass a part (< 1)"
+            )
+
+
+COMPOSITIONS = {"jetson": StepComposition(forward=0.65, fixed=0.0, name="jetson")}
+"""Built-in step compositions. ``jetson``: the LEGEND prototype's Jetson per-step table, fitted
+on its 12-block model (a depth-1 step costs 0.68 of a full-depth one); quantization ours."""
+
+
 class LinkProfile(Protocol):
     """What :func:`round_time` needs of a device (``fleet.Device`` has it)."""
 
@@ -283,15 +317,37 @@ def saved_bytes(profile: CostProfile, config: DeviceConfig) -> int:
     return _saved_of(profile, span, quant, config.bits, trained)
 
 
-def step_seconds(profile: CostProfile, config: DeviceConfig, slowdown: float = 1.0) -> float:
-    """``t_i(d, q) = σ·(L·f + d·g + q·o + c)``: one local step."""
+def step_seconds(
+    profile: CostProfile,
+    config: DeviceConfig,
+    slowdown: float = 1.0,
+    composition: StepComposition | None = None,
+) -> float:
+    """``t_i(d, q) = σ·(L·f + d·g + q·o + c)``: one local step.
+
+    With a tier's ``composition`` the same full-depth step ``σ·(L·f + L·g + c)`` is split by the
+    tier's shares instead of the host's: ``σ·T_full·(F + C + d·g' + q·o')`` with
+    ``g' = (1 - F - C)/L`` and ``o' = quant_overhead·g'`` (docs/methods.md §6)."""
     _quantized_set(_span(profile, config.depth), config.quantized, config.quant_position)
-    return slowdown * (
-        profile.num_blocks * profile.f
-        + config.depth * profile.g
-        + config.quantized * profile.o
-        + profile.c
+    n = profile.num_blocks
+    if composition is None:
+        return slowdown * (
+            n * profile.f + config.depth * profile.g + config.quantized * profile.o + profile.c
+        )
+    full = n * profile.f + n * profile.g + profile.c
+    backward = (1 - composition.forward - composition.fixed) / n
+    share = (
+        composition.forward
+        + composition.fixed
+        + config.depth * backward
+        + config.quantized * composition.quant_overhead * backward
     )
+    return slowdown * full * share
+
+
+def device_step_seconds(profile: CostProfile, config: DeviceConfig, device: LinkProfile) -> float:
+    """:func:`step_seconds` of ``device``: its slowdown and its tier's composition, if any."""
+    return step_seconds(profile, config, device.slowdown, getattr(device, "composition", None))
 
 
 def upload_bytes(profile: CostProfile, config: DeviceConfig | int) -> int:
@@ -326,7 +382,7 @@ def round_time(
         raise FedquadError(
             f"bandwidth up={device.uplink}, down={device.downlink} B/s is not allowed: use > 0"
         )
-    compute = local_steps * step_seconds(profile, config, device.slowdown)
+    compute = local_steps * device_step_seconds(profile, config, device)
     down = download_bytes(profile, config) / device.downlink
     up = upload_bytes(profile, config) / device.uplink
     return RoundTime(compute=compute, download=down, upload=up, total=compute + down + up)

@@ -12,6 +12,11 @@ Everything the cost model needs is measured on this host with the trainer itself
   with every block quantized, fitting ``g``, ``o`` and ``L·f + c``; ``f`` is the mean forward
   time of a frozen block, timed with block hooks.
 
+Steps run on the model's device and in its precision (bf16 halves the activations, and
+quantization then saves half as much against them), always on untrimmed batches of the sequence
+length, whatever ``train.trim_batches`` says: a profile describes the configured ``max_length``
+and never depends on the data or the seed.
+
 The profile is cached on disk, keyed by everything it depends on (:func:`profile_key`). The
 time terms are measured once per workload and shared by all its rank layouts (:data:`TIMING_FREE`),
 so the methods of a comparison run on one clock.
@@ -48,19 +53,20 @@ from fedquad.models.lora import (
 )
 from fedquad.models.registry import ModelParts
 from fedquad.train.local import train_local
+from fedquad.train.placement import model_device, synchronize
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import HEAD, SavedBytes
 
-PROFILE_VERSION = 5
+PROFILE_VERSION = 6
 """Bump when what the profiler measures changes: old cache entries are then ignored."""
 
-TIMING_FREE = ("ranks",)
+TIMING_FREE = ("ranks", "lora_alpha", "lora_scale")
 """Key fields the step times are shared across. A rank of 16 or 24 instead of 8 changed a
 MiniLM step by −1% to +5% (measured interleaved, batch 16, sequence 64, depths 1 and 6), while
 load from other processes changed a fitted time term by up to 2.3x between two measurements
 minutes apart (SST-2 workload: f = 0.035 s idle, 0.078 s beside three other jobs). Timed
-separately, each method's rank layout would carry the load of its own moment into its virtual
-times."""
+separately, each method's rank layout (or per-block LoRA scale) would carry the load of its own
+moment into its virtual times."""
 
 BITS = (8, 4, 2)
 
@@ -117,12 +123,14 @@ def profile_workload(
 ) -> CostProfile:
     """Measure the cost profile of training ``structure`` on batches shaped like ``batch``.
 
-    ``batch`` holds ``train.batch_size`` samples padded to the sequence length. With ``timing``
+    ``batch`` holds ``train.batch_size`` samples padded to the sequence length, and is measured
+    at that length (never trimmed to its longest sample). With ``timing``
     (the same workload's time terms, measured before) only the bytes are measured. The model's
     federated tensors and the global torch RNG are restored afterwards, so profiling does not
     change the run that follows.
     """
     settings = settings or ProfileSettings()
+    train = dataclasses.replace(train, trim_batches=False)
     num_blocks, top = structure.num_blocks, structure.depth
     batch = _take(batch, train.batch_size)
     before = get_state(model)
@@ -298,18 +306,20 @@ def _block_forward_timer(blocks: nn.ModuleList, below: int) -> Iterator[list[flo
     seconds: list[float] = []
     starts: dict[int, float] = {}
     handles = []
+    device = model_device(blocks)
+
+    def start(index: int) -> None:
+        synchronize(device)  # an accelerator runs the block's kernels after the call returns
+        starts[index] = time.perf_counter()
+
+    def stop(index: int) -> None:
+        synchronize(device)
+        seconds.append(time.perf_counter() - starts[index])
+
     for index in range(below):
         block = blocks[index]
-        handles.append(
-            block.register_forward_pre_hook(
-                lambda *_, i=index: starts.__setitem__(i, time.perf_counter())
-            )
-        )
-        handles.append(
-            block.register_forward_hook(
-                lambda *_, i=index: seconds.append(time.perf_counter() - starts[i])
-            )
-        )
+        handles.append(block.register_forward_pre_hook(lambda *_, i=index: start(i)))
+        handles.append(block.register_forward_hook(lambda *_, i=index: stop(i)))
     try:
         yield seconds
     finally:

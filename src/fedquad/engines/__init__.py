@@ -26,13 +26,19 @@ def execute(bench: Workbench, body: Callable[[Executor], T]) -> T:
         config.train,
         config.quant,
     )
-    if config.engine == "flower-sim":
+    if config.engine.name == "flower-sim":
         # Flower and Ray load only when asked for; the global model is evaluated here
         from fedquad.engines.flower_sim import run_on_simulation
 
         return run_on_simulation(bench, local.evaluate, body)
-    if config.engine == "flower":
+    if config.engine.name == "flower":
         from fedquad.engines.flower_deploy import run_on_deployment
 
         return run_on_deployment(bench, local.evaluate, body)
-    return body(local)
+    from fedquad.engines.workers import WorkerPoolExecutor, resolve_workers
+
+    workers = resolve_workers(config.engine, bench.fleet.per_round)
+    if workers == 0:
+        return body(local)
+    with WorkerPoolExecutor(local, config, bench.model.config.num_labels, workers) as pool:
+        return body(pool)

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tomllib
 from collections.abc import Callable
 from typing import Any
 
-import tomllib
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,

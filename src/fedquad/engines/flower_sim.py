@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedquad.engines.flower_app import FlowerNotices, make_client_app
 from fedquad.engines.flower_grid import GridExecutor
 from fedquad.errors import FedquadError
+from fedquad.extras import require
 from fedquad.models.lora import State
 from fedquad.server.messages import Executor
 from fedquad.workbench import Workbench
@@ -76,6 +77,7 @@ def run_on_simulation(
     One virtual SuperNode per device of the fleet. When the run ends Ray is shut down and every
     process it started here has exited.
     """
+    require("ray", "engine = 'flower-sim'")
     from flwr.simulation import run_simulation
 
     # `flwr run` would otherwise reinstall the app's dependencies (a CUDA torch)

@@ -1,4 +1,5 @@
-"""Local executor: every client in this process, one after the other, on one shared base model.
+"""Local executor: every client in this process, one after the other, on one shared base model
+(``engine.workers = 0``; :mod:`fedquad.engines.workers` spreads them over processes).
 
 Only the LoRA and head tensors are swapped per device; the frozen base weights are never copied.
 :func:`train_device` is the client's whole work on one instruction, and every executor's client
@@ -22,6 +23,7 @@ from fedquad.models.registry import ModelParts
 from fedquad.server.faults import CORRUPT, CRASH, DELAY, OOM
 from fedquad.server.messages import TrainInstruction, TrainReply
 from fedquad.train.local import TrainResult, evaluate, train_local
+from fedquad.train.placement import release_cached_memory
 
 _OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
 """What the allocators that raise a plain RuntimeError say (the second: torch's CPU one)."""
@@ -34,6 +36,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     message = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(m in message for m in _OUT_OF_MEMORY)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Torch on one thread inside the block: reductions and GEMMs split their work by thread
+    count, so every device trains on one, whichever process trains it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextmanager
@@ -97,6 +111,7 @@ def train_device(
         retry["failed_config"] = instruction.config.as_dict()
     error = "out of memory (no fallback config)"
     if result is None and instruction.fallback is not None:
+        release_cached_memory()
         try:
             result = attempt(instruction.fallback)
             retry["used_config"] = instruction.fallback.as_dict()
@@ -152,6 +167,11 @@ class LocalExecutor:
         return [len(d["labels"]) for d in self.device_data]
 
     def train(self, instructions: list[TrainInstruction]) -> list[TrainReply]:
+        # one thread, as in a worker process: the updates are the same for any engine.workers
+        with single_thread():
+            return self._train(instructions)
+
+    def _train(self, instructions: list[TrainInstruction]) -> list[TrainReply]:
         return [
             train_device(
                 self.model,

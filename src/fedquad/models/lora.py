@@ -193,10 +193,10 @@ def federated_param_names(model: nn.Module) -> list[str]:
 
 
 def get_state(model: nn.Module, names: list[str] | None = None) -> State:
-    """A detached copy of the named federated tensors (all of them by default)."""
+    """A detached host copy of the named federated tensors (all of them by default)."""
     params = dict(model.named_parameters())
     wanted = federated_param_names(model) if names is None else names
-    return {n: params[n].detach().clone() for n in wanted}
+    return {n: params[n].detach().to("cpu", copy=True) for n in wanted}
 
 
 def load_state(model: nn.Module, state: State) -> None:

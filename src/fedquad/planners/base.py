@@ -15,6 +15,7 @@ from fedquad.config import PlannerConfig, QuantConfig
 from fedquad.cost.fleet import Device
 from fedquad.cost.model import (
     CostProfile,
+    StepComposition,
     download_bytes,
     memory_bytes,
     step_seconds,
@@ -83,10 +84,25 @@ class PlanContext:
         return self.cost(config).memory <= self.limit(device)
 
     def round_seconds(self, device: Device, config: DeviceConfig) -> float:
-        """``T_i = τ·σ·t(d,q) + down/β_down + up/β_up`` (docs/methods.md §3)."""
+        """``T_i = τ·σ·t(d,q) + down/β_down + up/β_up`` (docs/methods.md §3), ``t`` of the
+        device's tier composition where it has one (§6)."""
         c = self.cost(config)
-        compute = self.local_steps * device.slowdown * c.step_seconds
+        step = c.step_seconds
+        if device.composition is not None:
+            step = self._composed_step(config, device.composition)
+        compute = self.local_steps * device.slowdown * step
         return compute + c.down / device.downlink + c.up / device.uplink
+
+    def _composed_step(self, config: DeviceConfig, composition: StepComposition) -> float:
+        key = (config, composition)
+        cached = self._composed.get(key)
+        if cached is None:
+            cached = self._composed[key] = step_seconds(self.profile, config, 1.0, composition)
+        return cached
+
+    @cached_property
+    def _composed(self) -> dict[tuple[DeviceConfig, StepComposition], float]:
+        return {}
 
     def no_fit_reason(self, device: Device, config: DeviceConfig) -> str:
         need = self.cost(config).memory / MIB

@@ -1,11 +1,10 @@
-"""Every method's planner (docs/methods.md §4), and what else a method decides: its global LoRA
-structure and its aggregation rule."""
+"""The planners (docs/methods.md §4) and their fallbacks by the names the method registry gives
+them, and each method's global LoRA structure."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,6 +13,7 @@ from fedquad.cost.fleet import Device
 from fedquad.cost.model import deepest_that_fits
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
+from fedquad.methods_registry import FallbackName, PlannerName, method
 from fedquad.planners.base import Plan, PlanContext
 from fedquad.planners.greedy import fallback_option, plan_greedy
 from fedquad.planners.ranks import rank_distribution
@@ -123,38 +123,19 @@ def _largest_depth(device: Device, ctx: PlanContext) -> int | None:
     )
 
 
-# --------------------------------------------------------------------------- methods
+# --------------------------------------------------------------------------- by name
 
-
-@dataclass(frozen=True)
-class Method:
-    planner: Planner
-    aggregation: str
-    """``perlayer``, ``zeropad`` or ``svd`` (docs/methods.md §5)."""
-    structure: str
-    """``uniform`` (rank ``r`` on ``lora.depth`` blocks), ``legend`` (LEGEND's rank
-    distribution over its ``D``) or ``rank-max`` (the largest HetLoRA rank everywhere)."""
-    fallback: Fallback | None = None
-    """The retry config after an out-of-memory error; None: the method has no cheaper option
-    of its own kind (the device's memory estimate is still corrected for later rounds)."""
-
-
-METHODS: dict[str, Method] = {
-    "fedquad": Method(plan_fedquad, "perlayer", "uniform", fallback_fedquad),
-    "legend": Method(plan_depth_only, "perlayer", "legend", fallback_depth_only),
-    "joint": Method(plan_fedquad, "perlayer", "legend", fallback_fedquad),
-    "fedlora": Method(plan_fedlora, "perlayer", "uniform"),
-    "hetlora": Method(plan_hetlora, "zeropad", "rank-max"),
-    "flexlora": Method(plan_hetlora, "svd", "rank-max"),
-    "fedra": Method(plan_fedra, "perlayer", "uniform"),
-    "fedquad-noquant": Method(plan_depth_only, "perlayer", "uniform", fallback_depth_only),
+PLANNERS: dict[PlannerName, Planner] = {
+    "greedy": plan_fedquad,
+    "greedy-depth": plan_depth_only,
+    "full-depth": plan_fedlora,
+    "rank-by-speed": plan_hetlora,
+    "random-blocks": plan_fedra,
 }
-
-
-def method(name: str) -> Method:
-    if name not in METHODS:
-        raise FedquadError(f"method {name!r} is not allowed: use one of {', '.join(METHODS)}")
-    return METHODS[name]
+FALLBACKS: dict[FallbackName, Fallback] = {
+    "greedy": fallback_fedquad,
+    "greedy-depth": fallback_depth_only,
+}
 
 
 def global_ranks(
@@ -179,7 +160,7 @@ def plan_round(
     name: str, devices: list[Device], ctx: PlanContext, rng: np.random.Generator | None = None
 ) -> Plan:
     """The plan of one round for the sampled devices (their estimates)."""
-    return method(name).planner(devices, ctx, rng or np.random.default_rng(0))
+    return PLANNERS[method(name).planner](devices, ctx, rng or np.random.default_rng(0))
 
 
 def fallback_config(
@@ -187,4 +168,4 @@ def fallback_config(
 ) -> DeviceConfig | None:
     """What ``device`` (the server's estimate) retries with if ``failed`` runs out of memory."""
     chosen = method(name).fallback
-    return None if chosen is None else chosen(device, ctx, failed)
+    return None if chosen is None else FALLBACKS[chosen](device, ctx, failed)

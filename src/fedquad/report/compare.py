@@ -15,9 +15,11 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from fedquad.methods_registry import baselines
+
 Metrics = Sequence[Mapping[str, Any]]
 
-BASELINES = ("fedlora", "hetlora", "flexlora", "fedra")
+BASELINES = baselines()
 """The methods every other method's speed-up is measured against."""
 TARGET_FRACTION = 0.95
 """Default target: this fraction of the best final accuracy of any method in the comparison."""

@@ -6,8 +6,7 @@ state, no GUI backend, safe in any process. Each file is written atomically.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from fedquad.report.compare import (
     peak_memory_per_tier,
     tier_choices,
 )
+from fedquad.report.results import atomic_write_bytes
 from fedquad.report.stats import accuracy_curve, common_grid, seed_band
 
 DPI = 120
@@ -31,14 +31,9 @@ DPI = 120
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

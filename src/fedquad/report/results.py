@@ -4,33 +4,67 @@
 synced), ``summary.json`` and the final adapter in PEFT format under ``adapter/``. Files are
 written atomically (temporary file + rename), so a crash never leaves a half-written result; a
 metrics line cut short by a crash (no final newline) is ignored when read, and a resumed run
-rewrites the file without it.
+rewrites the file without it. Every file gets the same mode: 0666 masked by the umask, what
+``open`` gives.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fedquad.errors import FedquadError
 
+FILE_MODE = 0o666
+"""Mode of every file a run writes, before the umask (tempfile's 0600 would differ from the
+0644 of files written by ``open``)."""
 
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+
+def umask() -> int:
+    """The process's umask (read, not changed, where the system tells it)."""
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)  # no other way to read it
+    os.umask(current)
+    return current
+
+
+def give_run_mode(path: Path) -> None:
+    """Give a file written by a library (safetensors writes 0600) the mode of the others."""
+    os.chmod(path, FILE_MODE & ~umask())
+
+
+def open_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty temporary file beside ``path`` (to be renamed onto it): its descriptor for
+    writing and its path."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = open_temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
@@ -68,7 +102,7 @@ class RunWriter:
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record) + "\n").encode()
-        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             view = memoryview(line)
             while view:  # one write for any line of a usual size: it is there whole or not at all

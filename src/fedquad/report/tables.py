@@ -7,6 +7,7 @@ from rich.table import Table
 from fedquad.cost.fleet import MB, MIB, FleetSpec
 from fedquad.cost.model import (
     CostProfile,
+    StepComposition,
     download_bytes,
     full_footprint,
     largest_feasible_depth,
@@ -80,7 +81,7 @@ def fleet_table(
     )
     # tier names are what tells the rows apart: never cut them
     table.add_column("tier", no_wrap=True, min_width=max(len(t.name) for t in spec.tiers))
-    for name in ["n", "σ", "budget MiB", "up MB/s", "down MB/s", "online"]:
+    for name in ["n", "σ", "step", "budget MiB", "up MB/s", "down MB/s", "online"]:
         table.add_column(name, justify="right")
     table.add_column("max depth", justify="right")
     table.add_column(f"max depth q=d {bits}b", justify="right")
@@ -95,6 +96,7 @@ def fleet_table(
             tier.name,
             str(tier.count),
             f"{tier.slowdown * spec.base_slowdown:.2f}",
+            _composition(tier.composition),
             _mib(budget),
             f"{low:g}–{high:g}",
             f"{tier.downlink_mbps:g}",
@@ -103,6 +105,14 @@ def fleet_table(
             "none" if quantized is None else str(quantized),
         )
     return table
+
+
+def _composition(composition: StepComposition | None) -> str:
+    """A tier's step composition as the fleet table shows it."""
+    if composition is None:
+        return "host"
+    shares = f"F {composition.forward:g}, C {composition.fixed:g}"
+    return f"{composition.name} ({shares})" if composition.name else shares
 
 
 def plan_table(planned: RoundPlan, ctx: PlanContext, method: str, round_index: int) -> Table:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedquad.extras import require
+
 SCALARS = (
     "test_accuracy",
     "test_loss",
@@ -24,6 +26,7 @@ SCALARS = (
 
 class TensorBoardLog:
     def __init__(self, directory: Path) -> None:
+        require("tensorboard", "tensorboard = true")
         from torch.utils.tensorboard import SummaryWriter  # imported only when asked for
 
         self.writer = SummaryWriter(log_dir=str(directory))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedquad.cost.fleet import Device
-from fedquad.cost.model import CostProfile, saved_bytes, step_seconds
+from fedquad.cost.model import CostProfile, StepComposition, saved_bytes, step_seconds
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 
@@ -71,9 +71,12 @@ class CapacityEstimator:
         """Moving average of the share of a round's planned devices whose update was not
         aggregated (crashed, late, rejected): what over-selection makes up for."""
 
-    def observe(self, report: Report, profile: CostProfile) -> None:
-        """Blend one report into its device's estimates."""
-        observed = _observations(report, profile)  # first, so a bad report leaves no trace
+    def observe(
+        self, report: Report, profile: CostProfile, composition: StepComposition | None = None
+    ) -> None:
+        """Blend one report into its device's estimates (``composition``: its tier's, against
+        which its step time is a slowdown)."""
+        observed = _observations(report, profile, composition)  # a bad report leaves no trace
         state = self._estimates.setdefault(report.device, {})
         for name, value in observed.items():
             state[name] = _blend(state.get(name), value, self.gamma)
@@ -134,9 +137,11 @@ class CapacityEstimator:
 # --------------------------------------------------------------------------- helpers
 
 
-def _observations(report: Report, profile: CostProfile) -> dict[str, float]:
+def _observations(
+    report: Report, profile: CostProfile, composition: StepComposition | None = None
+) -> dict[str, float]:
     """One report as ratios to the host profile (slowdown, memory factor) and raw rates."""
-    predicted = step_seconds(profile, report.config, 1.0)
+    predicted = step_seconds(profile, report.config, 1.0, composition)
     if predicted <= 0:
         raise FedquadError(
             f"cost profile predicts {predicted} s per step for {report.config}: "

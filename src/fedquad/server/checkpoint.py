@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from fedquad.errors import FedquadError
 from fedquad.models.lora import State
+from fedquad.report.results import give_run_mode
 from fedquad.server.capacity import CapacityEstimator
 from fedquad.server.clock import VirtualClock
 
@@ -43,6 +44,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
     tensors = f"state-{checkpoint.round:06d}.safetensors"
     tmp = directory / f".{tensors}.tmp"
     save_file({k: v.contiguous() for k, v in checkpoint.state.items()}, str(tmp))
+    give_run_mode(tmp)
     _sync(tmp)
     os.replace(tmp, directory / tensors)
     _write_json(

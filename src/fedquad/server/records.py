@@ -46,6 +46,8 @@ class DeviceRecord:
     saved_bytes_per_block: Any = None
     node: dict[str, Any] | None = None
     """Measured by a deployed device about itself."""
+    peak_device_bytes: int | None = None
+    """The accelerator allocator's peak during its training (CUDA only)."""
 
     @staticmethod
     def measured(measurements: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +100,7 @@ _MEASURED = (
     "host_seconds",
     "saved_bytes_per_block",
     "node",
+    "peak_device_bytes",
 )
 """The measured fields in the order they are written."""
 _MEASURED_AS_IS = tuple(n for n in _MEASURED if n not in ("host_seconds", "saved_bytes_per_block"))

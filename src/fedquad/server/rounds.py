@@ -20,7 +20,7 @@ from typing import Any
 
 from fedquad.aggregate import Update, aggregate, aggregate_robust
 from fedquad.cost.fleet import Device, FleetSpec
-from fedquad.cost.model import CostProfile, memory_bytes, step_seconds
+from fedquad.cost.model import CostProfile, device_step_seconds, memory_bytes
 from fedquad.device_config import DeviceConfig
 from fedquad.models.lora import State
 from fedquad.planners import method
@@ -160,7 +160,7 @@ def _time_round(
     # error surfaces: saved activations peak in the first step) on top of the retry's own
     # round; the global model was downloaded once.
     failed = {
-        d: step_seconds(profile, sent[d].config, worked[d].slowdown) * delays.get(d, 1.0)
+        d: device_step_seconds(profile, sent[d].config, worked[d]) * delays.get(d, 1.0)
         for d in worked
         if configs[d] != sent[d].config
     }
@@ -192,7 +192,8 @@ def _observe(
     capacity.observe_round(len(configured.sent), aggregated)
     worked = {r.device_id: devices[r.device_id] for r in arrived}
     for reply in arrived:
-        capacity.observe(_report(profile, configs, worked, reply), profile)
+        device = worked[reply.device_id]
+        capacity.observe(_report(profile, configs, worked, reply), profile, device.composition)
     for d, reply in out_of_memory.items():
         failed = _failed_configs(reply, configured.sent[d])
         capacity.observe_out_of_memory(d, min(planner.ctx.cost(c).memory for c in failed))
@@ -262,10 +263,13 @@ def _report(
     return Report(
         device=device.id,
         config=config,
-        step_seconds=step_seconds(profile, config, device.slowdown) * _delay(reply),
+        step_seconds=device_step_seconds(profile, config, device) * _delay(reply),
         uplink=device.uplink,
         downlink=device.downlink,
-        saved_bytes=reply.measurements.get("peak_saved_bytes"),
+        # trimmed batches save less than the configured sequence length, which the profile describes
+        saved_bytes=None
+        if reply.measurements.get("trimmed")
+        else reply.measurements.get("peak_saved_bytes"),
     )
 
 

@@ -126,6 +126,8 @@ def answer_loss(
         positions, chosen = answer_positions(data["labels"][idx, :width])
         if positions.numel() == 0:
             continue
+        device = _device(model)
+        ids, mask, positions, chosen = (t.to(device) for t in (ids, mask, positions, chosen))
         if keep_arg:
             logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=positions).logits
         else:
@@ -159,6 +161,7 @@ def generate_answers(
         idx = torch.tensor(chunk, dtype=torch.long)
         width = max(int(lengths[idx].max()), 1)
         ids, mask = data["prompt_ids"][idx, -width:], data["prompt_mask"][idx, -width:]
+        ids, mask = ids.to(_device(model)), mask.to(_device(model))
         out = model.generate(  # type: ignore[operator]
             input_ids=ids,
             attention_mask=mask,
@@ -167,9 +170,13 @@ def generate_answers(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        decoded = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        decoded = tokenizer.batch_decode(out[:, width:].cpu(), skip_special_tokens=True)
         texts.update(zip(chunk, decoded, strict=True))
     return [texts[i] for i in rows]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def causal_lm_summary(metrics: Sequence[dict[str, Any]], test_data: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Local training on one device: ``τ`` steps of the LoRA blocks (and head) chosen by its config.
 
 The config says which blocks train (the span ``L-d … L-1``, or a FedRA subset whose lowest is
-``L-d``) and, for rank-heterogeneous methods, the rank the device trains them at.
+``L-d``) and, for rank-heterogeneous methods, the rank the device trains them at. Training runs
+on the model's device and in its precision (:mod:`fedquad.train.placement`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ from fedquad.models.lora import (
 )
 from fedquad.models.registry import ModelParts
 from fedquad.train.generate import PromptTestSet, evaluate_causal_lm
+from fedquad.train.placement import (
+    autocast,
+    compute_dtype,
+    fork_rng,
+    model_device,
+    peak_memory,
+    precision_scope,
+    reset_peak_memory,
+    synchronize,
+    to_device,
+)
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import SavedBytes, SavedTensorMeter
 
@@ -41,17 +53,26 @@ class TrainResult:
     loss: float
     step_seconds: list[float]
     saved: SavedBytes
+    """The saved bytes of the step that saved the most."""
+    trimmed: bool = False
+    """Some batch was cut shorter than the data's padded length: its saved bytes are then not
+    those of the configured sequence length."""
+    peak_device_bytes: int | None = None
+    """The accelerator allocator's peak over the steps (``None`` on a CPU)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def measurements(self) -> dict[str, Any]:
-        return {
+        out = {
             "loss": self.loss,
             "step_seconds": self.step_seconds,
             "median_step_seconds": statistics.median(self.step_seconds),
             "saved_bytes": self.saved.as_dict(),
             "peak_saved_bytes": self.saved.total,
-            **self.extra,
+            "trimmed": self.trimmed,
         }
+        if self.peak_device_bytes is not None:
+            out["peak_device_bytes"] = self.peak_device_bytes
+        return {**out, **self.extra}
 
 
 def set_modes(model: nn.Module, parts: ModelParts, span: range, frozen_prefix_eval: bool) -> None:
@@ -96,10 +117,27 @@ def prepared(
 
 
 def upload(model: nn.Module, names: list[str], rank: int | None) -> State:
-    """Copies of the trained tensors, LoRA cut to ``rank``: bytes up scale with the rank."""
+    """Host copies of the trained tensors, LoRA cut to ``rank``: bytes up scale with the rank."""
     params = dict(model.named_parameters())
-    # clone after slicing: a view would keep the full tensor's storage alive
-    return {n: rank_slice(n, params[n].detach(), rank).clone() for n in names}
+    # copy after slicing: a view would keep the full tensor's storage alive
+    return {n: rank_slice(n, params[n].detach(), rank).to("cpu", copy=True) for n in names}
+
+
+def trim_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+    """The batch cut after its last column holding a real token, and whether it was cut.
+
+    Every tensor of the sequence's width (ids, mask, a causal LM's token labels) is cut; with
+    right padding nothing the model computes for real tokens changes, and the loss ignores
+    padding (class labels, or ``-100`` token labels).
+    """
+    mask = batch["attention_mask"]
+    width = mask.shape[1]
+    real = mask.any(dim=0).nonzero()
+    keep = int(real.max()) + 1 if real.numel() else 1
+    if keep == width:
+        return batch, False
+    cut = {k: v[:, :keep] if v.dim() >= 2 and v.shape[1] == width else v for k, v in batch.items()}
+    return cut, True
 
 
 def _batches(
@@ -147,21 +185,29 @@ def train_local(
     at which rank and how many bits.
     """
     quant = quant or QuantConfig()
-    generator = torch.Generator().manual_seed(seed)
-    quant_generator = torch.Generator().manual_seed(seed + 1)
+    device, dtype = model_device(model), compute_dtype(model)
+    generator = torch.Generator().manual_seed(seed)  # batch order: the data stay on the host
+    quant_generator = torch.Generator(device=device).manual_seed(seed + 1)
     params = list(model.parameters())  # their storages are never counted or quantized
     losses, seconds = [], []
-    saved = SavedBytes()
+    saved: SavedBytes | None = None
+    trimmed = False
     # Dropout draws from the global generator: seed it per device and round (restored after),
     # so a device's training depends on nothing that ran before it, in this process or another.
     with (
-        torch.random.fork_rng(devices=[]),
+        fork_rng(device),
         prepared(model, parts, structure, config, settings.frozen_prefix_eval) as names,
+        precision_scope(model, dtype),
     ):
         torch.manual_seed(seed + 2)
         optimizer = _optimizer(model, names, settings)
+        reset_peak_memory(device)
         for batch in _batches(data, settings.batch_size, settings.local_steps, generator):
             start = time.perf_counter()
+            if settings.trim_batches:
+                batch, cut = trim_batch(batch)
+                trimmed = trimmed or cut
+            batch = to_device(batch, device)
             meter = SavedTensorMeter(
                 parts.blocks,
                 params,
@@ -169,22 +215,27 @@ def train_local(
                 spec=QuantSpec(bits=config.bits, group_size=quant.group_size),
                 generator=quant_generator,
                 min_numel=quant.min_numel,
+                casts=dtype is not None,
             )
-            with meter:
+            with meter, autocast(device, dtype):
                 loss = model(**batch).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            synchronize(device)
             seconds.append(time.perf_counter() - start)
             losses.append(loss.item())
-            saved = meter.saved
+            if saved is None or meter.saved.total >= saved.total:
+                saved = meter.saved
         tensors = upload(model, names, config.rank)
     return TrainResult(
         tensors=tensors,
         num_samples=len(data["labels"]),
         loss=statistics.fmean(losses),
         step_seconds=seconds,
-        saved=saved,
+        saved=saved or SavedBytes(),
+        trimmed=trimmed,
+        peak_device_bytes=peak_memory(device),
     )
 
 
@@ -196,8 +247,16 @@ def evaluate(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int) -
     changes nothing for the real tokens, and short reviews then cost what they are. Held-out
     prompts of a causal LM give their answer loss, perplexity and answer accuracy instead.
     """
-    if isinstance(data, PromptTestSet):
-        return evaluate_causal_lm(model, data, batch_size)
+    device, dtype = model_device(model), compute_dtype(model)
+    with precision_scope(model, dtype), autocast(device, dtype):
+        if isinstance(data, PromptTestSet):
+            return evaluate_causal_lm(model, data, batch_size)
+        return _evaluate_classifier(model, data, batch_size, device)
+
+
+def _evaluate_classifier(
+    model: nn.Module, data: dict[str, torch.Tensor], batch_size: int, device: torch.device
+) -> dict[str, float]:
     model.eval()
     n = len(data["labels"])
     lengths = data["attention_mask"].sum(dim=1)
@@ -207,6 +266,7 @@ def evaluate(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int) -
         idx = order[start : start + batch_size]
         width = max(int(lengths[idx].max()), 1)
         batch = {k: v[idx, :width] if v.dim() == 2 else v[idx] for k, v in data.items()}
+        batch = to_device(batch, device)
         out = model(**batch)
         loss_sum += out.loss.item() * len(batch["labels"])
         correct += int((out.logits.argmax(-1) == batch["labels"]).sum())

@@ -4,6 +4,8 @@ One ``saved_tensors_hooks`` context is entered around each block's forward (modu
 hooks), so every tensor saved inside block ``l`` goes through block ``l``'s pack hook. The hook
 
 - skips parameters and views of parameters (frozen weights included) by comparing storages,
+  and, under autocast (``casts=True``), the copies autocast makes of parameters in another
+  dtype (they are weights, not activations: never counted, never quantized),
 - counts the bytes really held, once per storage (a storage saved twice is held once),
 - quantizes floating tensors of the chosen blocks (codes + scales are what is then held).
 
@@ -116,9 +118,17 @@ class SavedTensorMeter:
         spec: QuantSpec | None = None,
         generator: torch.Generator | None = None,
         min_numel: int = 1024,
+        casts: bool = False,
     ) -> None:
         self.blocks = blocks
+        params = list(params)
         self.param_storages = {storage_key(p) for p in params}
+        self.casts = casts
+        self._params_by_numel: dict[int, list[torch.Tensor]] = {}
+        if casts:
+            for p in params:
+                self._params_by_numel.setdefault(p.numel(), []).append(p)
+        self._cast_values: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self.quantized_blocks = set(quantized_blocks)
         self.spec = spec or QuantSpec()
         self.generator = generator
@@ -139,7 +149,7 @@ class SavedTensorMeter:
 
         def pack(t: torch.Tensor) -> Any:
             key = storage_key(t)
-            if key in self.param_storages:
+            if key in self.param_storages or (self.casts and self._is_param_cast(t)):
                 return t
             nbytes = t.untyped_storage().nbytes()
             if quantize_here and self._quantizable(t):
@@ -160,6 +170,38 @@ class SavedTensorMeter:
             return t
 
         return pack
+
+    def _is_param_cast(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` (or the tensor it views) is a parameter cast to another dtype.
+
+        A trained parameter's cast is cached by autocast and records the parameter as its
+        autograd input; a frozen parameter's (e.g. an untrained LoRA on FedRA's backward path)
+        has no history, and is recognised by holding exactly the parameter's cast values.
+        """
+        if not t.is_floating_point():
+            return False
+        base = t._base if t._base is not None else t
+        fn = base.grad_fn
+        if fn is not None:
+            if type(fn).__name__ != "ToCopyBackward0" or not fn.next_functions:
+                return False
+            source = getattr(fn.next_functions[0][0], "variable", None)
+            return source is not None and storage_key(source) in self.param_storages
+        if base.requires_grad:
+            return False
+        numel = t.untyped_storage().nbytes() // t.element_size()
+        for p in self._params_by_numel.get(numel, ()):
+            if p.dtype != t.dtype and torch.equal(_whole_storage(t), self._cast_of(p, t.dtype)):
+                return True
+        return False
+
+    def _cast_of(self, p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        cast_key = (storage_key(p), dtype)
+        cached = self._cast_values.get(cast_key)
+        if cached is None:
+            cached = _whole_storage(p.detach()).to(dtype)
+            self._cast_values[cast_key] = cached
+        return cached
 
     def _quantizable(self, t: torch.Tensor) -> bool:
         return t.is_floating_point() and t.numel() >= self.min_numel

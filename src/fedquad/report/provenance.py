@@ -1,0 +1,89 @@
+"""What a result was produced with: code, libraries, host, and the time terms of its clock."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from collections.abc import Mapping
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+LIBRARIES = ("torch", "transformers", "peft", "flwr")
+
+
+def provenance(
+    threads: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    timing: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """fedquad's version and git commit (None outside a git checkout), the libraries' versions,
+    the CPU, threads, device, precision and the timing source with its hash."""
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return {
+        "fedquad": library_version("fedquad"),
+        "git_commit": git_commit(),
+        **{name: library_version(name) for name in LIBRARIES},
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "threads": threads,
+        "device": device,
+        "precision": precision,
+        "timing": timing,
+    }
+
+
+def library_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@cache
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit of the checkout fedquad is imported from (or of ``where``), or None outside
+    a git checkout (an installed package)."""
+    here = where or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) == 40 else None
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def comparison_provenance(run_dirs: Mapping[str, Path]) -> dict[str, Any]:
+    """A comparison's provenance: this process's (which wrote the tables) and each run's, as
+    its ``summary.json`` recorded it (None where it has none)."""
+    runs: dict[str, Any] = {}
+    for label, run_dir in run_dirs.items():
+        try:
+            runs[label] = json.loads((Path(run_dir) / "summary.json").read_text())["provenance"]
+        except (OSError, ValueError, KeyError, TypeError):
+            runs[label] = None
+    return {"report": provenance(), "runs": runs}
