@@ -190,24 +190,31 @@ def run_config_data(plan: Plan, entry: Entry, seed: int, out: Path) -> dict[str,
 
 
 def code_commit() -> str | None:
-    """The git commit of the fedquad source running now (``-dirty`` when tracked files were
-    changed), or ``None`` outside a git checkout."""
-    src = Path(__file__).parent
+    """The git commit of the fedquad source running now, with ``-dirty`` when tracked files
+    differ from it (a resumed run must execute the same code), or ``None`` outside a checkout."""
+    from fedquad.report.provenance import git_commit
 
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=src, capture_output=True, text=True, timeout=30, check=False
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    head = git("rev-parse", "HEAD")
+    head = git_commit()
     if head is None:
         return None
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return head + ("-dirty" if dirty else "")
+    try:
+        status = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(Path(__file__).resolve().parent),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return head
+    return head + ("-dirty" if status.returncode == 0 and status.stdout.strip() else "")
 
 
 def _comparable(config_data: Mapping[str, Any]) -> dict[str, Any]:
