@@ -1,20 +1,18 @@
-"""Reproduce the papers' claims on this machine: every method on the default fleet, same seed,
-partition and rounds, on SST-2 (when ``$FEDQUAD_SST2_DIR`` or ``--sst2-dir`` names its directory)
-and on the embedded fine-food reviews. Writes each comparison's table (``comparison.md``,
-``comparison.json``) and plots into ``benchmarks/results/<dataset>/``.
+"""Reproduce the papers' claims, one arm of docs/methods.md §8 at a time: every entry of the arm's
+committed config (``benchmarks/arms/<arm>.toml``) over its paired seeds, on SST-2.
 
-    .venv/bin/python benchmarks/reproduce.py [--datasets sst2,fine-foods] [--set key=value ...]
+    .venv/bin/python benchmarks/reproduce.py --arm P|Q|S [--out DIR] [--work DIR] [--sst2-dir DIR]
 
-Budget (docs/methods.md §7): one dataset's comparison within an hour on a 2-core CPU. The settings
-below were chosen for that: sequence length 64 (SST-2 sentences fit), batch 16, 16 local steps,
-5 of the 80 devices per round for 12 rounds, 20,000 training sentences, evaluation every round,
-and Dirichlet label skew with alpha = 10. At alpha = 1 (docs/methods.md's default) five sampled
-devices of a two-label task often hold mostly one label between them, and the global head
-flipped between predicting all-positive and all-negative from round to round (measured with
-FedLoRA at 4 and 16 local steps: test accuracy jumping between 0.49 and 0.75), so no crossing
-of a target meant anything; at alpha = 10 the devices' labels are still skewed and FedLoRA
-climbed steadily (0.72, 0.78, 0.79, 0.80 in rounds 2-5). ``--set data.alpha=1.0`` restores the
-default. More rounds or devices per round give steadier curves at a proportional cost.
+The runs go into a work directory (default ``benchmarks/work/<arm>``, not tracked); calling the
+script again continues them (finished runs kept, the others resumed from their checkpoints) and
+refuses when the arm's config or the code's commit changed; the cost profile and converted
+models are cached in ``<work>/cache`` unless ``$FEDQUAD_CACHE`` names another cache. Each
+finished run's ``metrics.jsonl``, ``config.toml``, ``fleet.toml`` and ``cost_profile.json`` are
+copied as it finishes into the results directory (default ``benchmarks/results/<arm>``), where
+``fedquad report`` then builds the tables and plots from them alone. SST-2 is required (from
+``--sst2-dir`` or ``$FEDQUAD_SST2_DIR``): without it the script stops, it never falls back to
+another dataset. Run it from a checkout at a fixed commit, so that editing the code does not
+change what a running or resumed arm executes.
 """
 
 from __future__ import annotations
@@ -22,85 +20,83 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
-import time
+import sys
 from pathlib import Path
 
-from fedquad.compare import DEFAULT_METHODS, compare
-from fedquad.config import load_config
+from fedquad.config import from_dict
 from fedquad.data.sources import _find_sst2_dir
 from fedquad.errors import FedquadError
+from fedquad.report.seeded import PLAN_FILE, run_dir, write_report
+from fedquad.seeded_compare import Plan, load_plan, run_comparison, run_config_data
 
-RESULTS = Path(__file__).parent / "results"
-
-COMMON = [
-    "seed=0",
-    "model.name='minilm'",
-    "model.max_length=64",
-    "data.partition='dirichlet'",
-    "data.alpha=10.0",
-    "train.batch_size=16",
-    "train.local_steps=16",
-    "train.lr=1e-3",
-    "federation.num_devices=80",
-    "federation.devices_per_round=5",
-    "data.max_train_samples=20000",
-    "profile.timed_steps=6",
-    "federation.eval_every=1",
-]
-
-DATASETS = {
-    "sst2": ["data.name='sst2'", "federation.rounds=12"],
-    # 50 reviews a device: 8 steps of 16 are 2.5 local epochs, at about the host time of SST-2's 16
-    "fine-foods": [
-        "data.name='fine-foods'",
-        "model.max_length=128",
-        "train.local_steps=8",
-        "federation.rounds=12",
-    ],
-}
+ROOT = Path(__file__).resolve().parent.parent
+ARMS = {arm: Path("benchmarks") / "arms" / f"{arm}.toml" for arm in ("P", "Q", "S")}
+KEPT_FILES = ("metrics.jsonl", "config.toml", "fleet.toml", "cost_profile.json")
+"""What a run leaves in the results: enough to rebuild every table and plot (no checkpoints,
+no adapters)."""
 
 
-def _sst2_present() -> bool:
-    try:
-        _find_sst2_dir()
-    except FedquadError:
-        return False
-    return True
+def check_arm(arm: str, plan: Plan, work: Path) -> None:
+    """Every entry's config is one this version accepts (an option it lacks names itself)."""
+    for entry in plan.entries:
+        for seed in plan.seeds:
+            try:
+                from_dict(run_config_data(plan, entry, seed, work))
+            except FedquadError as exc:
+                raise FedquadError(
+                    f"arm {arm} cannot run on this version: entry {entry.label}: {exc}"
+                ) from None
 
 
-def main() -> None:
+def keep_run(work: Path, results: Path, label: str, seed: int) -> None:
+    shutil.copy2(work / PLAN_FILE, results / PLAN_FILE)
+    source, target = run_dir(work, label, seed), run_dir(results, label, seed)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in KEPT_FILES:
+        shutil.copy2(source / name, target / name)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="sst2,fine-foods")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--arm", required=True, choices=sorted(ARMS))
+    parser.add_argument("--out", help="results directory (default benchmarks/results/<arm>)")
+    parser.add_argument("--work", help="where the runs go (default benchmarks/work/<arm>)")
     parser.add_argument("--sst2-dir", help="GLUE SST-2 directory (default: $FEDQUAD_SST2_DIR)")
-    args = parser.parse_args()
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+    given = {k: Path(v).resolve() for k, v in vars(args).items() if k in ("out", "work") and v}
     if args.sst2_dir:
-        os.environ["FEDQUAD_SST2_DIR"] = args.sst2_dir
-    for name in args.datasets.split(","):
-        if name == "sst2" and not _sst2_present():
-            print("sst2: no data (set $FEDQUAD_SST2_DIR or --sst2-dir): skipped")
-            continue
-        work = Path(tempfile.mkdtemp(prefix=f"fedquad-reproduce-{name}-"))
-        config = load_config(
-            None, [*COMMON, *DATASETS[name], *args.overrides, f"output_dir={str(work)!r}"]
+        os.environ["FEDQUAD_SST2_DIR"] = str(Path(args.sst2_dir).resolve())
+    os.chdir(ROOT)  # the default paths, and the output_dir the runs record, are repository paths
+    results = given.get("out", Path("benchmarks") / "results" / args.arm)
+    work = given.get("work", Path("benchmarks") / "work" / args.arm)
+    # an arm measures and keeps its own cost profile: another run's cache never changes it
+    os.environ.setdefault("FEDQUAD_CACHE", str((work / "cache").resolve()))
+    try:
+        plan = load_plan(ARMS[args.arm], [])
+        check_arm(args.arm, plan, work)
+        _find_sst2_dir()  # the arms are defined on SST-2: stop here without it
+        results.mkdir(parents=True, exist_ok=True)
+
+        def on_run(i: int, n: int, label: str, seed: int, state: str) -> None:
+            how = "resumed" if state == "started" else "started"
+            print(f"arm {args.arm}: {label} seed {seed} {how} ({i + 1} of {n})", flush=True)
+
+        run_comparison(
+            plan,
+            work,
+            progress=not args.quiet,
+            on_run=on_run,
+            on_finished=lambda label, seed, _path: keep_run(work, results, label, seed),
         )
-        start = time.perf_counter()
-        result = compare(
-            config,
-            args.methods.split(","),
-            on_method=lambda i, m, name=name: print(f"{name}: method {i + 1}: {m}", flush=True),
-        )
-        minutes = (time.perf_counter() - start) / 60
-        out = RESULTS / name
-        out.mkdir(parents=True, exist_ok=True)
-        for path in result.dir.iterdir():
-            if path.is_file():
-                shutil.copy2(path, out / path.name)
-        print(result.markdown())
-        print(f"{name}: {minutes:.1f} min host time; tables and plots in {out}")
+        write_report(results)
+    except FedquadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((results / "comparison.md").read_text(), end="")
+    print(f"arm {args.arm}: tables and plots in {results}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

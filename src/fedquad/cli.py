@@ -99,6 +99,19 @@ def _parser() -> argparse.ArgumentParser:
         help="target accuracy (default: federation.target_accuracy, else 95%% of the best final)",
     )
     compare.add_argument("--quiet", action="store_true", help="no progress output")
+    compare.add_argument(
+        "--seeds", help="paired seeds, e.g. 0,1,2,3,4 or 0-4 (a comparison over seeds)"
+    )
+    compare.add_argument(
+        "--targets", help="target accuracies fixed in advance, e.g. 0.78,0.80,0.82"
+    )
+    compare.add_argument(
+        "--out", help="comparison directory: a later call with the same --out continues it"
+    )
+    report = sub.add_parser(
+        "report", help="rebuild a comparison's tables and plots from its run directories"
+    )
+    report.add_argument("dir", help="the comparison directory (--out of fedquad compare)")
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
     from fedquad import deploy_cli
@@ -213,6 +226,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from fedquad.seeded_cli import is_seeded, seeded_compare
+
+    if is_seeded(args):
+        return seeded_compare(args)
     from rich.console import Console
 
     from fedquad.compare import DEFAULT_METHODS, check_target, compare, parse_methods
@@ -243,6 +260,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(args)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "report":
+        from fedquad.seeded_cli import report
+
+        return report(args)
     if args.command == "profile":
         return _profile(args)
     if args.command == "fleet":

@@ -24,6 +24,7 @@ from fedquad.report.compare import (
     tier_choices,
 )
 from fedquad.report.results import atomic_write_bytes
+from fedquad.report.stats import accuracy_curve, common_grid, seed_band
 
 DPI = 120
 
@@ -176,3 +177,28 @@ def write_comparison_plots(
         plot_tier_choices(runs, out / "tier_choices.png"),
         plot_memory(runs, out / "memory.png"),
     ]
+
+
+def plot_seed_bands(
+    runs: Mapping[str, Mapping[int, Metrics]], targets: Sequence[float], path: Path
+) -> Path:
+    """Each label's test accuracy against virtual time over its seeds: the median, step-wise
+    between evaluations, with a min–max band, on one grid for every label; targets as lines."""
+    curves = {
+        label: [accuracy_curve(m) for m in by_seed.values()] for label, by_seed in runs.items()
+    }
+    grid = common_grid(c for per_label in curves.values() for c in per_label)
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, per_label) in enumerate(curves.items()):
+        band = seed_band(per_label, grid)
+        color = f"C{i % 10}"
+        ax.plot(band.grid, band.median, color=color, label=f"{label} ({len(per_label)} seeds)")
+        ax.fill_between(band.grid, band.low, band.high, color=color, alpha=0.2, linewidth=0)
+    for target in targets:
+        ax.axhline(target, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("virtual time (s)")
+    ax.set_ylabel("test accuracy (median, min–max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

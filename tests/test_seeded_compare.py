@@ -1,0 +1,341 @@
+"""`fedquad compare --seeds … --targets … --out` and `fedquad report`: the command-line parsing,
+the report from hand-made runs (and its byte-identical rebuild), the refusals to resume a
+changed comparison, and one tiny comparison end to end, resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedquad.cli import main
+from fedquad.config import load_config
+from fedquad.errors import FedquadError
+from fedquad.report.seeded import PLAN_FILE, read_runs, report_data, write_report
+from fedquad.seeded_compare import (
+    Entry,
+    Plan,
+    check_resumable,
+    load_plan,
+    parse_seeds,
+    parse_targets,
+    plan_json,
+    run_config_data,
+)
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_seeds_and_targets_parse():
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("3, 7") == [3, 7]
+    assert parse_targets("0.78,0.80,0.82") == [0.78, 0.80, 0.82]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "0,x"], "--seeds '0,x': 'x' is not a seed"),
+        (["--seeds", "0,-1"], "is not a seed"),
+        (["--seeds", "1,1"], "repeats a seed"),
+        (["--seeds", ""], "is not a seed"),
+        (["--targets", "0.8,1.5"], "--targets '0.8,1.5': '1.5' is not a target accuracy"),
+        (["--targets", "0,0.8"], "'0' is not a target accuracy"),
+        (["--targets", "abc"], "'abc' is not a target accuracy"),
+        (["--targets", "0.8,0.8"], "repeats a target"),
+        (["--targets", "0.8", "--target", "0.8"], "--target and --targets together"),
+    ],
+)
+def test_seed_and_target_errors_are_one_line(capsys, tmp_path, args, message):
+    code = main(["compare", *args, "--out", str(tmp_path / "c"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()  # nothing started
+
+
+def test_a_config_with_a_compare_table_is_a_comparison_over_seeds(capsys, tmp_path):
+    path = _write(tmp_path / "arm.toml", "[compare]\nseeds = [0]\n")
+    code = main(["compare", "--config", str(path)])
+    assert code == 2 and "give --targets" in capsys.readouterr().err
+
+
+def test_seeds_without_targets_ask_for_them(capsys, tmp_path):
+    code = main(["compare", "--seeds", "0,1", "--out", str(tmp_path / "c")])
+    assert code == 2 and "give --targets" in capsys.readouterr().err
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_entries_from_the_compare_table(tmp_path):
+    path = _write(
+        tmp_path / "arm.toml",
+        """
+        federation.rounds = 3
+        [compare]
+        seeds = [0, 2]
+        targets = [0.7]
+        [[compare.entry]]
+        method = "fedquad"
+        [[compare.entry]]
+        label = "fedlora-rank4"
+        method = "fedlora"
+        set = ["lora.rank=4"]
+        """,
+    )
+    plan = load_plan(path, ["federation.rounds=2"])
+    assert plan.seeds == [0, 2] and plan.targets == [0.7]
+    assert plan.entries == [
+        Entry("fedquad", "fedquad"),
+        Entry("fedlora-rank4", "fedlora", ("lora.rank=4",)),
+    ]
+    data = run_config_data(plan, plan.entries[1], 2, tmp_path / "out")
+    config = load_config(None, [f"{k}={v!r}" for k, v in data.items() if not isinstance(v, dict)])
+    assert config.seed == 2 and config.method == "fedlora"
+    assert data["lora"]["rank"] == 4 and data["federation"]["rounds"] == 2
+    assert data["output_dir"] == str(tmp_path / "out" / "fedlora-rank4")
+    # the command line's seeds replace the file's
+    assert load_plan(path, [], seeds=[5]).seeds == [5]
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ('[[compare.entry]]\nmethod = "nope"', "method 'nope'"),
+        ('[[compare.entry]]\nmethod = "fedlora"\nlabel = "a/b"', "label 'a/b'"),
+        ('[[compare.entry]]\nmethod = "fedlora"\nrank = 4', "unknown key 'rank'"),
+        ('[[compare.entry]]\nmethod = "fedlora"\nset = "lora.rank=4"', "list of 'key=value'"),
+        ('[[compare.entry]]\nmethod = "fedlora"\n[[compare.entry]]\nmethod = "fedlora"', "twice"),
+    ],
+)
+def test_bad_entries_are_refused(tmp_path, entries, message):
+    path = _write(tmp_path / "arm.toml", "[compare]\ntargets = [0.8]\n" + entries + "\n")
+    with pytest.raises(FedquadError, match=message):
+        load_plan(path, [])
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _record(r: int, accuracy: float, seconds: float, sat_out: int = 0) -> dict[str, Any]:
+    return {
+        "round": r,
+        "sat_out": {str(i): "memory" for i in range(sat_out)},
+        "devices": [
+            {
+                "tier": "small",
+                "depth": 1,
+                "quantized": 0,
+                "memory_bytes": 1 << 20,
+                "memory_budget_bytes": 2 << 20,
+            }
+        ],
+        "bytes_up": 1000,
+        "bytes_down": 1000,
+        "test_accuracy": accuracy,
+        "virtual_seconds_total": seconds * r,
+        "host_seconds_total": 1.0 * r,
+    }
+
+
+def _fake_comparison(out: Path, curves: dict[str, dict[int, tuple[list[float], float]]]) -> None:
+    """``curves``: label -> seed -> (accuracy per round, seconds per round); the method is the
+    label's part before any ``-``."""
+    plan = Plan(
+        [Entry(label, label.split("-")[0]) for label in curves],
+        sorted(next(iter(curves.values()))),
+        [0.7, 0.9],
+    )
+    out.mkdir()
+    (out / PLAN_FILE).write_text(json.dumps(plan_json(plan, "abc"), indent=2))
+    for label, by_seed in curves.items():
+        for seed, (accuracies, seconds) in by_seed.items():
+            run = out / label / f"seed-{seed}"
+            run.mkdir(parents=True)
+            lines = [
+                json.dumps(_record(r, a, seconds, sat_out=r % 2))
+                for r, a in enumerate(accuracies, 1)
+            ]
+            (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+CURVES = {
+    "fedquad": {0: ([0.6, 0.7, 0.8, 0.9], 1.0), 1: ([0.6, 0.7, 0.8, 0.8], 1.0)},
+    "fedlora": {0: ([0.6, 0.7, 0.8, 0.9], 2.0), 1: ([0.5, 0.5, 0.5, 0.5], 2.0)},
+    "fedlora-slow": {0: ([0.6, 0.7, 0.8, 0.9], 4.0), 1: ([0.6, 0.7, 0.7, 0.7], 4.0)},
+}
+
+
+def test_report_numbers_and_not_reached(tmp_path):
+    _fake_comparison(tmp_path / "c", CURVES)
+    data = report_data(read_runs(tmp_path / "c"))
+    assert data["schema"] == 1 and data["baselines"] == ["fedlora", "fedlora-slow"]
+    low = data["per_target"][0]  # 0.7: trailing means cross at round 3 except fedlora seed 1
+    assert low["best_baseline"] == "fedlora-slow"  # reached in both seeds beats one
+    fedquad = low["labels"][0]
+    assert fedquad["time_to_target_seconds"]["per_seed"] == [3.0, 3.0]
+    over = {s["over"]: s for s in fedquad["speedups"]}
+    assert over["fedlora"]["per_seed"] == [2.0, None]
+    assert (over["fedlora"]["both"], over["fedlora"]["only_this"]) == (1, 1)
+    assert over["fedlora"]["geometric_mean"] == pytest.approx(2.0)
+    # fedlora-slow's seed 1 crosses at round 4 (0.7, 0.7, 0.7), 16 s against 3 s
+    assert over["fedlora-slow"]["per_seed"] == [4.0, pytest.approx(16 / 3)]
+    assert over["fedlora-slow"]["geometric_mean"] == pytest.approx((4.0 * 16 / 3) ** 0.5)
+    assert over["fedlora-slow"]["seeds"] == 2
+    assert over["best baseline (fedlora-slow)"] == {
+        **over["fedlora-slow"],
+        "over": "best baseline (fedlora-slow)",
+    }
+    assert fedquad["bytes_to_target"]["per_seed"] == [6000.0, 6000.0]
+    high = data["per_target"][1]  # 0.9: nobody's trailing mean of 0.8, 0.9 reaches it in time
+    assert all(item["time_to_target_seconds"]["reached"] == 0 for item in high["labels"])
+    assert high["best_baseline"] is None
+    runs = {r["label"]: r for r in data["runs"]}
+    assert runs["fedquad"]["final_accuracy"] == [0.9, 0.8]
+    assert runs["fedquad"]["device_rounds_sat_out"] == [2, 2]
+
+
+def test_report_rebuilds_byte_identically(tmp_path, capsys):
+    _fake_comparison(tmp_path / "c", CURVES)
+    write_report(tmp_path / "c")
+    first = {n: (tmp_path / "c" / n).read_bytes() for n in ("comparison.md", "comparison.json")}
+    (tmp_path / "c" / "comparison.md").unlink()
+    assert main(["report", str(tmp_path / "c")]) == 0
+    for name, content in first.items():
+        assert (tmp_path / "c" / name).read_bytes() == content
+    md = first["comparison.md"].decode()
+    assert "| fedquad | fedlora | 2.00× |" in md and "not reached" in md
+    assert "| 1 / 1 / 0 / 0 |" in md.replace(" | 2.00× | not reached |", " |")
+    assert (tmp_path / "c" / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_of_an_unfinished_or_foreign_directory(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a comparison directory" in capsys.readouterr().err
+    _fake_comparison(tmp_path / "c", CURVES)
+    (tmp_path / "c" / "fedlora" / "seed-1" / "metrics.jsonl").unlink()
+    assert main(["report", str(tmp_path / "c")]) == 2
+    assert "has no metrics.jsonl" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- refusing to resume
+
+
+def _started_run(out: Path, plan: Plan, entry: Entry, seed: int, extra: list[str]) -> Path:
+    data = run_config_data(plan, entry, seed, out)
+    run = out / entry.label / f"seed-{seed}"
+    run.mkdir(parents=True)
+    overrides = [f"method={data['method']!r}", f"seed={seed}", *extra]
+    (run / "config.toml").write_text(load_config(None, overrides).to_toml())
+    (run / "cost_profile.json").write_text("{}")
+    (run / "fleet.toml").write_text("")
+    return run
+
+
+def test_resume_refuses_a_changed_config_or_commit(tmp_path):
+    plan = Plan([Entry("fedlora", "fedlora")], [0], [0.8])
+    out = tmp_path / "c"
+    _started_run(out, plan, plan.entries[0], 0, [])
+    (out / PLAN_FILE).write_text(json.dumps(plan_json(plan, "abc")))
+    assert check_resumable(out, plan, "abc") == {("fedlora", 0): "started"}
+    with pytest.raises(FedquadError, match="started at commit abc and this is def"):
+        check_resumable(out, plan, "def")
+    changed = Plan(plan.entries, [0], [0.8], {"federation": {"rounds": 7}})
+    with pytest.raises(
+        FedquadError, match=r"ran with another config \(federation.rounds differs\)"
+    ):
+        check_resumable(out, changed, "abc")
+    # a finished comparison is kept at any commit: nothing of it would run
+    (out / "fedlora" / "seed-0" / "summary.json").write_text("{}")
+    assert check_resumable(out, plan, "def") == {("fedlora", 0): "finished"}
+
+
+def test_compare_command_refuses_a_changed_config(tmp_path, capsys):
+    plan = Plan([Entry("fedlora", "fedlora")], [0], [0.8])
+    out = tmp_path / "c"
+    _started_run(out, plan, plan.entries[0], 0, ["lora.rank=4"])
+    code = main(
+        [
+            "compare",
+            "--methods",
+            "fedlora",
+            "--seeds",
+            "0",
+            "--targets",
+            "0.8",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert (
+        code == 2 and "ran with another config (lora.rank differs)" in err and err.count("\n") == 1
+    )
+
+
+# --------------------------------------------------------------------------- end to end
+
+TINY = [
+    "data.max_train_samples=160",
+    "data.max_test_samples=32",
+    "model.max_length=32",
+    "federation.rounds=2",
+    "federation.num_devices=4",
+    "federation.devices_per_round=2",
+    "federation.eval_every=1",
+    "train.local_steps=1",
+    "train.batch_size=8",
+    "lora.depth=1",
+    "profile.timed_steps=1",
+]
+
+
+@pytest.mark.integration
+def test_tiny_comparison_end_to_end_and_resumed(tmp_path, capsys):
+    config = _write(
+        tmp_path / "arm.toml",
+        '[[compare.entry]]\nmethod = "fedlora"\n'
+        '[[compare.entry]]\nlabel = "fedlora-rank4"\nmethod = "fedlora"\nset = ["lora.rank=4"]\n',
+    )
+    out = tmp_path / "c"
+    args = [
+        "compare",
+        "--config",
+        str(config),
+        "--seeds",
+        "0,1",
+        "--targets",
+        "0.3,0.99",
+        "--out",
+        str(out),
+        "--quiet",
+        *(x for o in TINY for x in ("--set", o)),
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    assert f"comparison in {out}" in capsys.readouterr().out
+    runs = [out / label / f"seed-{s}" for label in ("fedlora", "fedlora-rank4") for s in (0, 1)]
+    for run in runs:
+        assert (run / "summary.json").is_file() and (run / "checkpoint").is_dir()
+    assert "rank = 4" in (runs[2] / "config.toml").read_text()
+    report = {n: (out / n).read_bytes() for n in ("comparison.md", "comparison.json")}
+    data = json.loads(report["comparison.json"])
+    assert [e["label"] for e in data["entries"]] == ["fedlora", "fedlora-rank4"]
+    assert data["per_target"][1]["labels"][0]["time_to_target_seconds"]["reached"] == 0
+    stamps = {run: (run / "summary.json").stat().st_mtime_ns for run in runs}
+
+    (runs[1] / "summary.json").unlink()
+    assert main(args) == 0
+    assert (runs[1] / "summary.json").is_file()
+    for run in runs:
+        rerun = (run / "summary.json").stat().st_mtime_ns != stamps[run]
+        assert rerun == (run == runs[1]), run
+    # the resumed run's metrics are those it had: the report does not change
+    for name, content in report.items():
+        assert (out / name).read_bytes() == content
