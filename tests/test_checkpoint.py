@@ -195,6 +195,7 @@ def _assert_same_run(run: Path, whole: list[dict], rounds: int) -> None:
     assert adapter and all(torch.isfinite(t).all() for t in adapter.values())
 
 
+@pytest.mark.slow  # fast check of the same guarantee: test_a_run_killed_mid_round_resumes_…
 @pytest.mark.integration
 def test_killed_at_random_moments_and_resumed_each_time_it_ends_the_same(tmp_path):
     whole = fedquad.run(load_config(None, [*RUN, f"output_dir={tmp_path / 'whole'}"]))

@@ -63,6 +63,7 @@ def _local_and_sim(settings, tmp_path, monkeypatch):
     return results["local"], results["flower-sim"]
 
 
+@pytest.mark.slow  # the fast flower-sim check: the faults test beside the local executor
 @pytest.mark.integration
 def test_flower_sim_gives_the_local_curves(tmp_path, monkeypatch):
     local, sim = _local_and_sim(SMALL_RUN, tmp_path, monkeypatch)

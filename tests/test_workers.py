@@ -52,7 +52,7 @@ def _check_same(method: str, counts: tuple[int, ...], out) -> None:
         assert runs[n] == base, f"{method}: {n} workers differ from {counts[0]}"
 
 
-@pytest.mark.parametrize("method", ["fedquad", "hetlora"])
+@pytest.mark.parametrize("method", ["fedquad", pytest.param("hetlora", marks=pytest.mark.slow)])
 def test_two_workers_give_the_metrics_of_one_process(method, tmp_path):
     _check_same(method, (0, 2), tmp_path)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from fedquad.data.chat import IGNORE_INDEX
 from fedquad.models.causal_lm import accepts_logits_to_keep, answer_positions
+from fedquad.train.placement import model_device
 
 MAX_NEW_TOKENS = 8
 """New tokens per generated answer: enough for a label word and the end-of-turn token."""
@@ -126,7 +127,7 @@ def answer_loss(
         positions, chosen = answer_positions(data["labels"][idx, :width])
         if positions.numel() == 0:
             continue
-        device = _device(model)
+        device = model_device(model)
         ids, mask, positions, chosen = (t.to(device) for t in (ids, mask, positions, chosen))
         if keep_arg:
             logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=positions).logits
@@ -161,7 +162,7 @@ def generate_answers(
         idx = torch.tensor(chunk, dtype=torch.long)
         width = max(int(lengths[idx].max()), 1)
         ids, mask = data["prompt_ids"][idx, -width:], data["prompt_mask"][idx, -width:]
-        ids, mask = ids.to(_device(model)), mask.to(_device(model))
+        ids, mask = ids.to(model_device(model)), mask.to(model_device(model))
         out = model.generate(  # type: ignore[operator]
             input_ids=ids,
             attention_mask=mask,
@@ -173,10 +174,6 @@ def generate_answers(
         decoded = tokenizer.batch_decode(out[:, width:].cpu(), skip_special_tokens=True)
         texts.update(zip(chunk, decoded, strict=True))
     return [texts[i] for i in rows]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def causal_lm_summary(metrics: Sequence[dict[str, Any]], test_data: Any) -> dict[str, Any]:

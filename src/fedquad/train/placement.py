@@ -95,7 +95,9 @@ def place_model(model: nn.Module, device_name: str, precision: str) -> torch.dev
 
 
 def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model's parameters live (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def compute_dtype(model: nn.Module) -> torch.dtype | None:
