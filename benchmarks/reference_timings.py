@@ -82,7 +82,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: unknown workload {unknown[0]!r}: use {', '.join(WORKLOADS)}")
 
-    from fedquad.workbench import build_workbench, export_timing, seed_everything
+    from fedquad.workbench import export_timing, seed_everything
 
     quiet_libraries()
     for name in names:
@@ -94,9 +94,7 @@ def main() -> None:
         seed_everything(config.seed)
         start = time.perf_counter()
         try:
-            source = export_timing(
-                build_workbench(config), out / f"{name}.json", args.force, args.repeats
-            )
+            source = export_timing(config, out / f"{name}.json", args.force, args.repeats)
         except FedquadError as exc:
             raise SystemExit(f"error: {name}: {exc}") from None
         t, p = source.timing, source.provenance

@@ -149,7 +149,7 @@ def test_export_writes_a_timing_file_a_run_then_uses(tmp_path):
     config = load_config(None, [*TINY, "fleet.name='uniform'", f"output_dir='{tmp_path}'"])
     bench = build_workbench(config)
     path = tmp_path / "ref" / "tiny.json"
-    source = export_timing(bench, path, force=True, repeats=1)
+    source = export_timing(config, path, force=True, repeats=1)
     stored = json.loads(path.read_text())
     assert stored["key"] == timing_key(bench)
     assert {"load_before", "load_after", "cpu", "torch", "threads"} <= set(stored["provenance"])
@@ -176,8 +176,9 @@ def test_a_fit_over_one_depth_is_not_exported(tmp_path, monkeypatch):
         structure=SimpleNamespace(depth=1),
         device_data=[{"labels": [0]}],
     )
+    monkeypatch.setattr(fedquad.workbench, "build_workbench", lambda _: bench)
     with pytest.raises(FedquadError, match="lora.depth = 1 times one depth only"):
-        fedquad.workbench.export_timing(bench, tmp_path / "t.json", force=True)
+        fedquad.workbench.export_timing(bench.config, tmp_path / "t.json", force=True)
     assert not (tmp_path / "t.json").exists()
 
 

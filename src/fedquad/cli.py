@@ -144,9 +144,7 @@ def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
         from fedquad.workbench import export_timing
 
         with console.status("measuring the reference time terms (keep the machine idle)"):
-            source = export_timing(
-                build_workbench(config), args.export, force=args.force, repeats=args.repeats
-            )
+            source = export_timing(config, args.export, force=args.force, repeats=args.repeats)
         t, load = source.timing, source.provenance
         console.print(
             f"f={t.f:.6f} g={t.g:.6f} o={t.o:.6f} c={t.c:.6f} s (load "

@@ -339,17 +339,18 @@ def workload_profile(
 
 
 def export_timing(
-    bench: Workbench,
+    config: ExperimentConfig,
     path: str | Path,
     force: bool = False,
     repeats: int = 8,
     max_load: float = MAX_LOAD,
 ) -> TimingSource:
     """Measure the bench's time terms by the reference method and write them to ``path`` as a
-    timing file; refused on a loaded machine unless ``force`` (the load is recorded)."""
-    config = bench.config
+    timing file; refused on a loaded machine unless ``force`` (the load is recorded). The load
+    is read before the workload is built, so that loading the model does not count as load."""
     before = load_average()
     check_load(before, force, max_load)
+    bench = build_workbench(config)
     timing = measure_reference(
         bench.model,
         bench.parts,
