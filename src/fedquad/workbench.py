@@ -344,12 +344,14 @@ def export_timing(
     force: bool = False,
     repeats: int = 8,
     max_load: float = MAX_LOAD,
+    own_load: float = 0.0,
 ) -> TimingSource:
     """Measure the bench's time terms by the reference method and write them to ``path`` as a
     timing file; refused on a loaded machine unless ``force`` (the load is recorded). The load
-    is read before the workload is built, so that loading the model does not count as load."""
+    is read before the workload is built, so that loading the model does not count as load;
+    ``own_load`` is what this process itself still weighs on it (an earlier export of a batch)."""
     before = load_average()
-    check_load(before, force, max_load)
+    check_load(before, force, max_load, own=own_load)
     bench = build_workbench(config)
     timing = measure_reference(
         bench.model,
