@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from reproduce import COMMON, DATASETS
 
 from fedquad.api import seed_everything
 from fedquad.config import ExperimentConfig, load_config
@@ -185,6 +184,23 @@ def bare_seconds(bench: Workbench, todo: list[TrainInstruction]) -> dict[str, fl
     return {"train": total}
 
 
+WORKLOAD = [  # docs/methods.md §8: MiniLM on SST-2, sequence 64, batch 16, 16 local steps
+    "model.name='minilm'",
+    "model.max_length=64",
+    "data.name='sst2'",
+    "data.max_train_samples=20000",
+    "data.partition='iid'",
+    "train.batch_size=16",
+    "train.local_steps=16",
+    "train.optimizer='adamw'",
+    "train.lr=1e-3",
+    "lora.rank=8",
+    "federation.num_devices=80",
+]
+FINE_FOODS = ["data.name='fine-foods'", "model.max_length=128", "train.local_steps=8"]
+"""In place of SST-2 when it is absent: the fine-food comparison's workload."""
+
+
 def workload(args: argparse.Namespace) -> list[str]:
     if args.sst2_dir:
         os.environ["FEDQUAD_SST2_DIR"] = args.sst2_dir
@@ -194,7 +210,7 @@ def workload(args: argparse.Namespace) -> list[str]:
     except FedquadError as exc:
         print(f"SST-2 is absent ({exc}): the fine-food reviews' workload instead")
         name = "fine-foods"
-    base = [*COMMON, *DATASETS[name], "fleet.name='uniform'"]
+    base = [*WORKLOAD, *(FINE_FOODS if name == "fine-foods" else []), "fleet.name='uniform'"]
     if args.steps is not None:
         base.append(f"train.local_steps={args.steps}")
     if args.max_train_samples is not None:
