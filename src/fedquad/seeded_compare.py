@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from fedquad.config import apply_overrides, from_dict, read_toml
 from fedquad.errors import FedquadError
 from fedquad.methods_registry import method_names
+from fedquad.report.provenance import code_commit
 from fedquad.report.results import atomic_write_text
 from fedquad.report.seeded import PLAN_FILE, PLAN_SCHEMA, read_plan, run_dir, write_report
 
@@ -187,34 +187,6 @@ def run_config_data(plan: Plan, entry: Entry, seed: int, out: Path) -> dict[str,
     data["output_dir"] = str(out / entry.label)
     data["run_name"] = f"seed-{seed}"
     return data
-
-
-def code_commit() -> str | None:
-    """The git commit of the fedquad source running now, with ``-dirty`` when tracked files
-    differ from it (a resumed run must execute the same code), or ``None`` outside a checkout."""
-    from fedquad.report.provenance import git_commit
-
-    head = git_commit()
-    if head is None:
-        return None
-    try:
-        status = subprocess.run(
-            [
-                "git",
-                "-C",
-                str(Path(__file__).resolve().parent),
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return head
-    return head + ("-dirty" if status.returncode == 0 and status.stdout.strip() else "")
 
 
 def _comparable(config_data: Mapping[str, Any]) -> dict[str, Any]:

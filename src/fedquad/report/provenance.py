@@ -46,23 +46,38 @@ def library_version(name: str) -> str | None:
         return None
 
 
-@cache
-def git_commit(where: Path | None = None) -> str | None:
-    """The commit of the checkout fedquad is imported from (or of ``where``), or None outside
-    a git checkout (an installed package)."""
-    here = where or Path(__file__).resolve().parent
+def _git(where: Path, *args: str, timeout: float = 10) -> str | None:
+    """What ``git -C where ARGS`` prints, or None where git fails or is absent."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            ["git", "-C", str(where), *args],
             capture_output=True,
             text=True,
-            timeout=10,
+            timeout=timeout,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and len(commit) == 40 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+@cache
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit of the checkout fedquad is imported from (or of ``where``), or None outside
+    a git checkout (an installed package)."""
+    commit = (_git(where or Path(__file__).resolve().parent, "rev-parse", "HEAD") or "").strip()
+    return commit if len(commit) == 40 else None
+
+
+def code_commit() -> str | None:
+    """The git commit of the fedquad source running now, with ``-dirty`` when tracked files
+    differ from it (a resumed run must execute the same code), or ``None`` outside a checkout."""
+    head = git_commit()
+    if head is None:
+        return None
+    here = Path(__file__).resolve().parent
+    status = _git(here, "status", "--porcelain", "--untracked-files=no", timeout=30)
+    return head + ("-dirty" if status and status.strip() else "")
 
 
 @cache
