@@ -32,7 +32,8 @@ from fedquad.api import seed_everything
 from fedquad.config import ExperimentConfig, load_config
 from fedquad.data.sources import _find_sst2_dir
 from fedquad.device_config import DeviceConfig
-from fedquad.engines.local import LocalExecutor, single_thread
+from fedquad.engines import local_executor
+from fedquad.engines.local import single_thread
 from fedquad.engines.workers import WorkerPoolExecutor, host_cores
 from fedquad.errors import FedquadError
 from fedquad.models.lora import get_state
@@ -110,15 +111,7 @@ def timed(work: Callable[[], Any]) -> tuple[float, Any]:
 def executor_seconds(bench: Workbench, todo: list[TrainInstruction]) -> dict[str, float]:
     """Training seconds of the run's executor on ``todo``, a round of ``per_round`` at a time."""
     config = bench.config
-    local = LocalExecutor(
-        bench.model,
-        bench.parts,
-        bench.structure,
-        bench.device_data,
-        bench.test_data,
-        config.train,
-        config.quant,
-    )
+    local = local_executor(bench)
     per_round = bench.fleet.per_round
     rounds = [todo[i : i + per_round] for i in range(0, len(todo), per_round)]
     workers = int(config.engine.workers)

@@ -14,18 +14,23 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def execute(bench: Workbench, body: Callable[[Executor], T]) -> T:
-    """Run ``body`` (the round loop) with the executor of the bench's ``engine``."""
-    config = bench.config
-    local = LocalExecutor(
+def local_executor(bench: Workbench) -> LocalExecutor:
+    """The in-process executor over the bench's model and device data."""
+    return LocalExecutor(
         bench.model,
         bench.parts,
         bench.structure,
         bench.device_data,
         bench.test_data,
-        config.train,
-        config.quant,
+        bench.config.train,
+        bench.config.quant,
     )
+
+
+def execute(bench: Workbench, body: Callable[[Executor], T]) -> T:
+    """Run ``body`` (the round loop) with the executor of the bench's ``engine``."""
+    config = bench.config
+    local = local_executor(bench)
     if config.engine.name == "flower-sim":
         # Flower and Ray load only when asked for; the global model is evaluated here
         from fedquad.engines.flower_sim import run_on_simulation
