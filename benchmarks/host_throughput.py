@@ -7,6 +7,7 @@ configs (every block trained) and seeds — is replayed in every variant, and on
 training is timed; loading the model and data, starting workers and evaluating are printed apart.
 
     .venv/bin/python benchmarks/host_throughput.py [--devices 10] [--steps 16] [--workers 2]
+        [--bf16 auto|yes|no]
 
 Variants: (a) today's path: padded batches, fp32, in this process (``engine.workers = 0``);
 (b) each speed-up alone: trimmed batches, bf16, worker processes; (c) all of them together (and
@@ -53,9 +54,18 @@ class Variant:
     """The bare PEFT loop with the variant's trimming and precision, not the executor."""
 
 
-def variants(workers: int) -> list[Variant]:
+def variants(workers: int, with_bf16: bool) -> list[Variant]:
     trim, bf16 = {"train.trim_batches": "true"}, {"train.precision": "'bf16'"}
     pool = {"engine.workers": str(workers)}
+    if not with_bf16:
+        return [
+            Variant("(a) today: padded, fp32, 1 process", {}),
+            Variant("(b) trimmed", trim),
+            Variant(f"(b) {workers} workers", pool),
+            Variant(f"(c) trimmed + {workers} workers", trim | pool),
+            Variant("(d) bare PEFT loop: padded, fp32", {}, bare=True),
+            Variant("(d) bare PEFT loop: trimmed", trim, bare=True),
+        ]
     return [
         Variant("(a) today: padded, fp32, 1 process", {}),
         Variant("(b) trimmed", trim),
@@ -66,6 +76,13 @@ def variants(workers: int) -> list[Variant]:
         Variant("(d) bare PEFT loop: padded, fp32", {}, bare=True),
         Variant("(d) bare PEFT loop: trimmed + bf16", trim | bf16, bare=True),
     ]
+
+
+def host_has_bf16() -> bool:
+    """bf16 pays off only with hardware support; elsewhere autocast is far slower than fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported())
 
 
 def _overrides(settings: dict[str, str]) -> list[str]:
@@ -221,14 +238,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="workers of the pool variants")
     parser.add_argument("--max-train-samples", type=int, help="fewer sentences (smoke tests)")
     parser.add_argument("--max-test-samples", type=int, default=512, help="evaluated samples")
+    parser.add_argument(
+        "--bf16",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="include the bf16 variants (auto: only where the hardware has bf16 instructions)",
+    )
     args = parser.parse_args()
     quiet_libraries()
     base = workload(args)
     print(
         f"host: {host_cores()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+    with_bf16 = {"yes": True, "no": False}.get(args.bf16, host_has_bf16())
+    if not with_bf16:
+        print("bf16 variants left out (no bf16 instructions here, or --bf16 no)")
     rows: list[tuple[str, float]] = []
-    for variant in variants(args.workers):
+    for variant in variants(args.workers, with_bf16):
         config = variant_config(base, variant)
         if isinstance(config, str):
             print(f"{variant.label}: {config}")
@@ -257,6 +283,7 @@ def main() -> None:
     for executor, floor in [
         ("(a) today: padded, fp32, 1 process", "(d) bare PEFT loop: padded, fp32"),
         ("(c) trimmed + bf16, 1 process", "(d) bare PEFT loop: trimmed + bf16"),
+        ("(b) trimmed", "(d) bare PEFT loop: trimmed"),
     ]:
         if executor in measured and floor in measured:
             ratio = measured[executor] / measured[floor]
