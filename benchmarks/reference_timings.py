@@ -47,6 +47,8 @@ REPRODUCTION = [
 
 WORKLOADS: dict[str, tuple[Path | None, list[str]]] = {
     **{p.stem: (p, []) for p in sorted(PRESETS_DIR.glob("*.toml"))},
+    # bf16 pays off only on hardware with bf16 instructions: measured where there are some
+    "quickstart-bf16": (PRESETS_DIR / "quickstart.toml", ["train.precision='bf16'"]),
     "sst2-reproduction": (None, [*REPRODUCTION, "data.name='sst2'"]),
     "fine-foods-reproduction": (
         None,
