@@ -71,9 +71,11 @@ def variants(workers: int, with_bf16: bool) -> list[Variant]:
         Variant("(b) trimmed", trim),
         Variant("(b) bf16", bf16),
         Variant(f"(b) {workers} workers", pool),
+        Variant(f"(c) trimmed + {workers} workers", trim | pool),
         Variant("(c) trimmed + bf16, 1 process", trim | bf16),
         Variant(f"(c) trimmed + bf16 + {workers} workers", trim | bf16 | pool),
         Variant("(d) bare PEFT loop: padded, fp32", {}, bare=True),
+        Variant("(d) bare PEFT loop: trimmed", trim, bare=True),
         Variant("(d) bare PEFT loop: trimmed + bf16", trim | bf16, bare=True),
     ]
 
