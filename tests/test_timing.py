@@ -233,6 +233,7 @@ def test_the_same_run_under_load_gives_the_same_metrics(tmp_path, monkeypatch):
     assert copied.timing == TIMING and copied.key == key
     recorded = idle.summary["provenance"]["timing"]
     assert recorded["source"] == "reference" and recorded["hash"] == copied.hash
+    assert idle.summary["provenance"]["device"] == "cpu"  # train.device = "auto", resolved
 
 
 def test_resume_uses_the_runs_own_timing_copy(tmp_path):

@@ -43,6 +43,7 @@ from fedquad.server.configure import settings_for
 from fedquad.server.records import best_accuracy, median_step_seconds
 from fedquad.server.rounds import run_rounds
 from fedquad.train.generate import causal_lm_summary
+from fedquad.train.placement import model_device
 from fedquad.workbench import Workbench, build_workbench, seed_everything, workload_profile
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def _execute(
     summary["adapter_dir"] = str(writer.adapter_dir)
     summary["provenance"] = provenance(
         threads=torch.get_num_threads(),
-        device=getattr(config.train, "device", "cpu"),
+        device=model_device(bench.model).type,  # what "auto" resolved to
         precision=getattr(config.train, "precision", "fp32"),
         timing=None if timing is None else timing.describe(),
     )
