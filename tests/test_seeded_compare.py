@@ -329,6 +329,8 @@ def test_tiny_comparison_end_to_end_and_resumed(tmp_path, capsys):
     assert [e["label"] for e in data["entries"]] == ["fedlora", "fedlora-rank4"]
     assert data["per_target"][1]["labels"][0]["time_to_target_seconds"]["reached"] == 0
     stamps = {run: (run / "summary.json").stat().st_mtime_ns for run in runs}
+    # seed by seed, so that a comparison stopped early still holds paired seeds
+    assert sorted(runs, key=stamps.__getitem__) == [runs[0], runs[2], runs[1], runs[3]]
 
     (runs[1] / "summary.json").unlink()
     assert main(args) == 0

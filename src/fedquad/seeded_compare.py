@@ -275,8 +275,8 @@ def run_comparison(
     out = Path(out)
     configs = {  # every config is checked before the first run starts
         (e.label, s): from_dict(run_config_data(plan, e, s, out))
+        for s in plan.seeds  # seed by seed: a comparison stopped early still has paired seeds
         for e in plan.entries
-        for s in plan.seeds
     }
     commit = code_commit()
     states = check_resumable(out, plan, commit) if out.is_dir() else {}
