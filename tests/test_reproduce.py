@@ -147,7 +147,6 @@ profile.timed_steps = 1
 [compare]
 seeds = [0]
 targets = [0.3]
-budgets = [1.0]
 
 [[compare.entry]]
 method = "fedlora"
@@ -162,8 +161,17 @@ def test_tiny_arm_end_to_end(reproduce, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(reproduce, "_find_sst2_dir", lambda: tmp_path)
     work, results = tmp_path / "w", tmp_path / "r"
     args = ["--arm", "S", "--work", str(work), "--out", str(results), "--quiet"]
+    # the budgets first, from the dry run on the real workload
+    assert reproduce.main([*args, "--dry-run", "--write-budgets"]) == 0, capsys.readouterr().err
+    plan = load_plan(arm, [])
+    planned = reproduce.planned_times(plan, work)["fedlora"][0]
+    assert len(plan.budgets) == 3 and plan.budgets[-1] <= sum(planned)
+    assert not (work / "fedlora").exists()  # nothing trained
     assert reproduce.main(args) == 0, capsys.readouterr().err
     run = results / "fedlora" / "seed-0"
+    # FedLoRA's plans do not depend on training: the dry run is its clock, round for round
+    recorded = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["virtual_seconds"] for m in recorded] == planned
     assert sorted(p.name for p in run.iterdir()) == sorted(reproduce.KEPT_FILES)
     assert (work / "fedlora" / "seed-0" / "checkpoint").is_dir()  # kept in the work directory
     built = (results / "comparison.md").read_bytes()
@@ -171,3 +179,19 @@ def test_tiny_arm_end_to_end(reproduce, capsys, monkeypatch, tmp_path):
     (results / "comparison.md").unlink()
     assert fedquad_main(["report", str(results)]) == 0
     assert (results / "comparison.md").read_bytes() == built
+
+
+@pytest.mark.slow
+def test_the_memory_measurement_feeds_the_claim(reproduce, capsys, monkeypatch, tmp_path):
+    arm = tmp_path / "T.toml"
+    arm.write_text(TINY_ARM)
+    monkeypatch.setitem(reproduce.ARMS, "S", arm)
+    results = tmp_path / "r"
+    assert reproduce.main(["--arm", "S", "--out", str(results), "--measure-memory"]) == 0
+    data = json.loads((results / "memory_measured.json").read_text())
+    unquantized, quantized = data["configs"]
+    assert (unquantized["quantized"], quantized["quantized"]) == (0, quantized["depth"])
+    assert quantized["saved_bytes"] < unquantized["saved_bytes"]
+    for config in (unquantized, quantized):
+        assert config["peak_bytes"] > config["peak_above_baseline_bytes"] > 0
+    assert "memory measured into" in capsys.readouterr().out
