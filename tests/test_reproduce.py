@@ -78,6 +78,60 @@ def test_missing_sst2_stops_the_arm(reproduce, capsys, monkeypatch, tmp_path):
     assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
 
 
+def _arm_copy(reproduce, tmp_path, monkeypatch, arm="S"):
+    """A copy of a committed arm config in place of the original, without its budgets."""
+    text = (reproduce.ROOT / reproduce.ARMS[arm]).read_text()
+    lines = [line for line in text.splitlines(keepends=True) if "budget" not in line]
+    path = tmp_path / f"{arm}.toml"
+    path.write_text("".join(lines))
+    monkeypatch.setitem(reproduce.ARMS, arm, path)
+    return path
+
+
+def test_an_arm_without_budgets_is_refused_before_any_run(reproduce, capsys, monkeypatch, tmp_path):
+    _arm_copy(reproduce, tmp_path, monkeypatch)
+    monkeypatch.setattr(reproduce, "_find_sst2_dir", lambda: tmp_path)
+    args = ["--arm", "S", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r")]
+    assert reproduce.main(args) == 2
+    err = capsys.readouterr().err
+    assert "arm S has no budgets" in err and "--dry-run --write-budgets" in err
+    assert err.count("\n") == 1 and not (tmp_path / "w").exists()
+    assert reproduce.main([*args, "--write-budgets"]) == 2
+    assert "give both" in capsys.readouterr().err
+
+
+def test_the_dry_run_writes_the_budgets_once_before_any_run(
+    reproduce, capsys, monkeypatch, tmp_path
+):
+    path = _arm_copy(reproduce, tmp_path, monkeypatch)
+    monkeypatch.setattr(reproduce, "_find_sst2_dir", lambda: tmp_path)
+    planned = {}
+
+    def fake_planned_times(plan, work):  # no model: each label's rounds take its index + 1 s
+        for i, entry in enumerate(plan.entries):
+            planned[entry.label] = {s: [float(i + 1 + s)] * 30 for s in plan.seeds}
+        return planned
+
+    monkeypatch.setattr(reproduce, "planned_times", fake_planned_times)
+    work, results = tmp_path / "w", tmp_path / "r"
+    args = ["--arm", "S", "--work", str(work), "--out", str(results), "--dry-run"]
+    assert reproduce.main(args) == 0
+    out = capsys.readouterr().out
+    assert "budgets: 10, 20, 30 virtual s" in out  # the shortest run: 30 rounds of 1 s
+    assert "budgets" not in path.read_text()  # printed only
+    assert reproduce.main([*args, "--write-budgets"]) == 0
+    assert load_plan(path, []).budgets == [10.0, 20.0, 30.0]
+    assert "# Virtual seconds of accuracy at a budget" in path.read_text()
+    assert reproduce.main([*args, "--write-budgets"]) == 2  # fixed once
+    assert "already has budgets" in capsys.readouterr().err
+    # an arm that has started cannot fix them any more
+    path.write_text("".join(x for x in path.read_text().splitlines(True) if "budget" not in x))
+    work.mkdir()
+    (work / "plan.json").write_text("{}")
+    assert reproduce.main([*args, "--write-budgets"]) == 2
+    assert "has started" in capsys.readouterr().err
+
+
 TINY_ARM = """
 data.name = "fine-foods"
 data.max_train_samples = 160
@@ -109,8 +163,17 @@ def test_tiny_arm_end_to_end(reproduce, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(reproduce, "_find_sst2_dir", lambda: tmp_path)
     work, results = tmp_path / "w", tmp_path / "r"
     args = ["--arm", "S", "--work", str(work), "--out", str(results), "--quiet"]
+    # the budgets first, from the dry run on the real workload
+    assert reproduce.main([*args, "--dry-run", "--write-budgets"]) == 0, capsys.readouterr().err
+    plan = load_plan(arm, [])
+    planned = reproduce.planned_times(plan, work)["fedlora"][0]
+    assert len(plan.budgets) == 3 and plan.budgets[-1] <= sum(planned)
+    assert not (work / "fedlora").exists()  # nothing trained
     assert reproduce.main(args) == 0, capsys.readouterr().err
     run = results / "fedlora" / "seed-0"
+    # FedLoRA's plans do not depend on training: the dry run is its clock, round for round
+    recorded = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["virtual_seconds"] for m in recorded] == planned
     assert sorted(p.name for p in run.iterdir()) == sorted(reproduce.KEPT_FILES)
     assert (work / "fedlora" / "seed-0" / "checkpoint").is_dir()  # kept in the work directory
     built = (results / "comparison.md").read_bytes()
@@ -118,3 +181,19 @@ def test_tiny_arm_end_to_end(reproduce, capsys, monkeypatch, tmp_path):
     (results / "comparison.md").unlink()
     assert fedquad_main(["report", str(results)]) == 0
     assert (results / "comparison.md").read_bytes() == built
+
+
+@pytest.mark.slow
+def test_the_memory_measurement_feeds_the_claim(reproduce, capsys, monkeypatch, tmp_path):
+    arm = tmp_path / "T.toml"
+    arm.write_text(TINY_ARM)
+    monkeypatch.setitem(reproduce.ARMS, "S", arm)
+    results = tmp_path / "r"
+    assert reproduce.main(["--arm", "S", "--out", str(results), "--measure-memory"]) == 0
+    data = json.loads((results / "memory_measured.json").read_text())
+    unquantized, quantized = data["configs"]
+    assert (unquantized["quantized"], quantized["quantized"]) == (0, quantized["depth"])
+    assert quantized["saved_bytes"] < unquantized["saved_bytes"]
+    for config in (unquantized, quantized):
+        assert config["peak_bytes"] > config["peak_above_baseline_bytes"] > 0
+    assert "memory measured into" in capsys.readouterr().out

@@ -104,6 +104,29 @@ def test_entries_from_the_compare_table(tmp_path):
     assert load_plan(path, [], seeds=[5]).seeds == [5]
 
 
+def test_budgets_from_the_compare_table_reach_the_plan_file(tmp_path):
+    path = _write(tmp_path / "arm.toml", "[compare]\ntargets = [0.8]\nbudgets = [10, 20.5]\n")
+    plan = load_plan(path, [])
+    assert plan.budgets == [10.0, 20.5]
+    assert plan_json(plan, "abc")["budgets"] == [10.0, 20.5]
+    assert load_plan(_write(tmp_path / "b.toml", "[compare]\ntargets = [0.8]\n"), []).budgets == []
+
+
+@pytest.mark.parametrize(
+    ("budgets", "message"),
+    [
+        ("[0, 10]", "compare.budgets = \\[0, 10\\] is not allowed"),
+        ('["10"]', "use a list of virtual seconds > 0"),
+        ("10", "use a list of virtual seconds > 0"),
+        ("[10, 10]", "repeats a budget"),
+    ],
+)
+def test_bad_budgets_are_refused(tmp_path, budgets, message):
+    path = _write(tmp_path / "arm.toml", f"[compare]\ntargets = [0.8]\nbudgets = {budgets}\n")
+    with pytest.raises(FedquadError, match=message):
+        load_plan(path, [])
+
+
 @pytest.mark.parametrize(
     ("entries", "message"),
     [

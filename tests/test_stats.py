@@ -9,11 +9,14 @@ import pytest
 
 from fedquad.errors import FedquadError
 from fedquad.report.stats import (
+    BudgetAccuracy,
     Crossing,
+    accuracy_at,
     accuracy_curve,
     best_baseline,
     bootstrap_interval,
     common_grid,
+    paired_bytes,
     paired_speedup,
     seed_band,
     step_values,
@@ -115,6 +118,21 @@ def test_unpaired_seeds_and_bad_times_are_one_line_errors():
         paired_speedup({0: -1.0}, {0: 1.0})
 
 
+def test_paired_bytes_is_the_label_over_the_baseline_with_the_same_counts():
+    x = {0: 50.0, 1: 30.0, 2: None}
+    y = {0: 100.0, 1: 60.0, 2: 80.0}
+    result = paired_bytes(x, y)
+    assert [s.ratio for s in result.per_seed] == [0.5, 0.5, None]
+    assert (result.both, result.x_only, result.y_only, result.neither) == (2, 0, 1, 0)
+    assert result.geometric_mean == pytest.approx(0.5) and result.interval == pytest.approx(
+        (0.5, 0.5)
+    )
+    # the reciprocal of the speed-up's convention: fewer bytes is below 1
+    assert paired_speedup(x, y).geometric_mean == pytest.approx(2.0)
+    with pytest.raises(FedquadError, match="bytes to target 0.0 of seed 0 is not allowed"):
+        paired_bytes({0: 0.0}, {0: 1.0})
+
+
 # --------------------------------------------------------------------------- best baseline
 
 
@@ -141,6 +159,20 @@ def test_step_interpolation_holds_each_evaluation_until_the_next():
     values = step_values(curve, [0.0, 10.0, 15.0, 20.0, 29.9, 30.0, 31.0])
     assert np.isnan(values[0]) and np.isnan(values[-1])  # before the first, after the run
     assert values[1:-1].tolist() == [0.5, 0.5, 0.7, 0.7, 0.6]
+
+
+def test_accuracy_at_a_budget_is_the_last_evaluation_by_then():
+    curve = [(10.0, 0.5), (20.0, 0.7), (30.0, 0.6)]
+    assert accuracy_at(curve, 5.0) == BudgetAccuracy(None, False)  # nothing evaluated yet
+    assert accuracy_at(curve, 10.0) == BudgetAccuracy(0.5, False)
+    assert accuracy_at(curve, 29.9) == BudgetAccuracy(0.7, False)
+    assert accuracy_at(curve, 30.0) == BudgetAccuracy(0.6, False)
+    assert accuracy_at(curve, 45.0) == BudgetAccuracy(0.6, True)  # the run was over
+    assert accuracy_at([], 1.0) == BudgetAccuracy(None, False)
+    with pytest.raises(FedquadError, match="budget 0.0 is not allowed"):
+        accuracy_at(curve, 0.0)
+    with pytest.raises(FedquadError, match="go backwards"):
+        accuracy_at([(2.0, 0.5), (1.0, 0.6)], 3.0)
 
 
 def test_the_seed_band_is_the_median_with_the_min_max_over_seeds():

@@ -3,8 +3,8 @@
 
 A comparison entry is ``(label, method, overrides)``, so one method can appear twice with
 different options; run directories, tables and plots use the label. Each (label, seed) runs into
-``OUT/<label>/seed-<s>/``. ``OUT/plan.json`` records the entries, seeds, targets and the code's
-commit. Calling it again on the same ``OUT`` keeps every run that has a ``summary.json`` (it
+``OUT/<label>/seed-<s>/``. ``OUT/plan.json`` records the entries, seeds, targets, budgets and the
+code's commit. Calling it again on the same ``OUT`` keeps every run that has a ``summary.json`` (it
 finished), resumes the others from their checkpoints, and refuses when a run's stored config or
 the commit differs from what would run now.
 """
@@ -21,6 +21,7 @@ from typing import Any
 from fedquad.config import apply_overrides, from_dict, read_toml
 from fedquad.errors import FedquadError
 from fedquad.methods_registry import method_names
+from fedquad.report.budgets import check_budgets
 from fedquad.report.provenance import code_commit
 from fedquad.report.results import atomic_write_text
 from fedquad.report.seeded import PLAN_FILE, PLAN_SCHEMA, read_plan, run_dir, write_report
@@ -47,6 +48,8 @@ class Plan:
     targets: list[float]
     base: dict[str, Any] = field(default_factory=dict)
     """The shared raw config (file and ``--set`` overrides applied)."""
+    budgets: list[float] = field(default_factory=list)
+    """Virtual seconds of "accuracy at a budget" (docs/methods.md §8), fixed before any run."""
 
 
 # --------------------------------------------------------------------------- parsing
@@ -141,9 +144,12 @@ def load_plan(
     table = data.pop(COMPARE_TABLE, {})
     if not isinstance(table, dict):
         raise FedquadError(f"{where}: [compare] must be a table of options")
-    unknown = sorted(set(table) - {"seeds", "targets", "entry"})
+    unknown = sorted(set(table) - {"seeds", "targets", "budgets", "entry"})
     if unknown:
-        raise FedquadError(f"{where}: unknown key compare.{unknown[0]}; use seeds, targets, entry")
+        raise FedquadError(
+            f"{where}: unknown key compare.{unknown[0]}; use seeds, targets, budgets, entry"
+        )
+    budgets = check_budgets(table["budgets"], where) if "budgets" in table else []
     base = apply_overrides(data, list(overrides))
     shared = from_dict(base)
     if methods is not None:
@@ -174,7 +180,7 @@ def load_plan(
                 "a comparison over seeds needs its targets fixed in advance: "
                 "give --targets, e.g. --targets 0.78,0.80,0.82"
             )
-    return Plan(entries, list(seeds), list(targets), base)
+    return Plan(entries, list(seeds), list(targets), base, budgets)
 
 
 # --------------------------------------------------------------------------- the runs
@@ -218,6 +224,7 @@ def plan_json(plan: Plan, commit: str | None) -> dict[str, Any]:
         "commit": commit,
         "seeds": plan.seeds,
         "targets": plan.targets,
+        "budgets": plan.budgets,
         "entries": [
             {"label": e.label, "method": e.method, "set": list(e.overrides)} for e in plan.entries
         ],

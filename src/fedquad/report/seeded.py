@@ -1,16 +1,19 @@
 """The report of a comparison over paired seeds (docs/methods.md §8), from its directory alone.
 
-Reads ``plan.json`` (entries, seeds, targets) and every run's ``metrics.jsonl`` under
-``<label>/seed-<s>/``, and writes ``comparison.md``, ``comparison.json`` and ``accuracy.png``.
-Nothing here depends on the host or on time: the same runs give byte-identical tables, so
-``fedquad report DIR`` rebuilds them anywhere.
+Reads ``plan.json`` (entries, seeds, targets, budgets), every run's ``metrics.jsonl`` under
+``<label>/seed-<s>/`` with, where they are kept, its ``cost_profile.json``, ``fleet.toml`` and
+``config.toml`` (the board clock and the memory claim need them), and ``memory_measured.json``
+if present; writes ``comparison.md``, ``comparison.json`` and ``accuracy.png``. Nothing here
+depends on the host or on time: the same runs give byte-identical tables, so ``fedquad report
+DIR`` rebuilds them anywhere.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,16 @@ from fedquad.report.compare import (
     ordered_tiers,
     peak_memory_per_tier,
 )
+from fedquad.report.memory_claim import MEASURED_FILE, memory_claim, read_measured
 from fedquad.report.results import atomic_write_text, read_metrics
+from fedquad.report.retime import BOARD, RunCost, exact_on_board, read_run_cost, retime
 from fedquad.report.stats import (
     PairedSpeedup,
+    accuracy_at,
+    accuracy_curve,
     best_baseline,
     geometric_mean,
+    paired_bytes,
     paired_speedup,
     trailing_mean_crossing,
 )
@@ -39,6 +47,9 @@ PLAN_SCHEMA = 1
 NOT_REACHED = "not reached"
 NO_VALUE = "—"
 BEST = "best baseline"
+PLANNED_ON_HOST = "re-timed, planned on the host clock"
+RECORD_FLAGS = ("over_budget", "checkpointed")
+"""Device-record fields counted per run where a record carries them (older records do not)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,12 @@ class SeededRuns:
     targets: list[float]
     metrics: dict[str, dict[int, list[dict[str, Any]]]]
     """By label, by seed."""
+    budgets: list[float] = field(default_factory=list)
+    """Virtual seconds of "accuracy at a budget", fixed before the runs."""
+    costs: dict[str, dict[int, RunCost | None]] = field(default_factory=dict)
+    """By label, by seed: how each run was timed (None: its directory lacks the files)."""
+    measured: dict[str, Any] | None = None
+    """``memory_measured.json``, if the directory has one."""
 
 
 def run_dir(out: Path, label: str, seed: int) -> Path:
@@ -76,12 +93,13 @@ def read_plan(out: Path) -> dict[str, Any]:
 
 
 def read_runs(out: str | Path) -> SeededRuns:
-    """The plan and every run's metrics of a comparison directory."""
+    """The plan and every run's metrics (and timing files) of a comparison directory."""
     out = Path(out)
     plan = read_plan(out)
     arms = [Arm(e["label"], e["method"], tuple(e["set"])) for e in plan["entries"]]
     seeds = [int(s) for s in plan["seeds"]]
     metrics: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    costs: dict[str, dict[int, RunCost | None]] = {}
     for arm in arms:
         for seed in seeds:
             path = run_dir(out, arm.label, seed)
@@ -90,26 +108,37 @@ def read_runs(out: str | Path) -> SeededRuns:
                     f"'{path}' has no metrics.jsonl: finish the comparison before its report"
                 )
             metrics.setdefault(arm.label, {})[seed] = read_metrics(path)
-    return SeededRuns(arms, seeds, [float(t) for t in plan["targets"]], metrics)
+            costs.setdefault(arm.label, {})[seed] = read_run_cost(path)
+    return SeededRuns(
+        arms,
+        seeds,
+        [float(t) for t in plan["targets"]],
+        metrics,
+        budgets=[float(b) for b in plan.get("budgets", [])],
+        costs=costs,
+        measured=read_measured(out),
+    )
 
 
 # --------------------------------------------------------------------------- the numbers
 
 
-def _times(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None]:
+def _crossings(
+    runs: Mapping[int, Metrics], target: float, value: Callable[[Any], float]
+) -> dict[int, float | None]:
     out: dict[int, float | None] = {}
     for seed, metrics in runs.items():
         c = trailing_mean_crossing(metrics, target)
-        out[seed] = None if c is None else c.virtual_seconds
+        out[seed] = None if c is None else value(c)
     return out
+
+
+def _times(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None]:
+    return _crossings(runs, target, lambda c: c.virtual_seconds)
 
 
 def _bytes(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None]:
-    out: dict[int, float | None] = {}
-    for seed, metrics in runs.items():
-        c = trailing_mean_crossing(metrics, target)
-        out[seed] = None if c is None else float(c.bytes)
-    return out
+    return _crossings(runs, target, lambda c: float(c.bytes))
 
 
 def _summary(values: Mapping[int, float | None]) -> dict[str, Any]:
@@ -136,33 +165,154 @@ def _speedup_json(over: str, s: PairedSpeedup) -> dict[str, Any]:
     }
 
 
+def _per_target(
+    arms: Sequence[Arm],
+    metrics: Mapping[str, Mapping[int, Metrics]],
+    targets: Sequence[float],
+    baselines: Sequence[str],
+    with_bytes: bool = True,
+) -> list[dict[str, Any]]:
+    """Per target: each label's time (and bytes) to target and its paired ratios against every
+    baseline and the best one."""
+    blocks = []
+    for target in targets:
+        times = {a.label: _times(metrics[a.label], target) for a in arms}
+        nbytes = {a.label: _bytes(metrics[a.label], target) for a in arms} if with_bytes else {}
+        best = best_baseline({b: times[b] for b in baselines})
+        labels = []
+        for arm in arms:
+            others = [(b, b) for b in baselines if b != arm.label]
+            if best is not None and best != arm.label:
+                others.append((f"{BEST} ({best})", best))
+            item: dict[str, Any] = {
+                "label": arm.label,
+                "time_to_target_seconds": _summary(times[arm.label]),
+            }
+            if with_bytes:
+                item["bytes_to_target"] = _summary(nbytes[arm.label])
+            item["speedups"] = [
+                _speedup_json(name, paired_speedup(times[arm.label], times[b]))
+                for name, b in others
+            ]
+            if with_bytes:
+                item["bytes_ratios"] = [
+                    _speedup_json(name, paired_bytes(nbytes[arm.label], nbytes[b]))
+                    for name, b in others
+                ]
+            labels.append(item)
+        blocks.append({"target_accuracy": target, "best_baseline": best, "labels": labels})
+    return blocks
+
+
+def _missing_costs(runs: SeededRuns) -> str | None:
+    for arm in runs.arms:
+        for seed in runs.seeds:
+            if runs.costs.get(arm.label, {}).get(seed) is None:
+                return f"{arm.label} seed {seed}"
+    return None
+
+
+def _board_clock(runs: SeededRuns, baselines: Sequence[str]) -> dict[str, Any]:
+    """The same runs re-timed with the board's step composition (docs/methods.md §8)."""
+    composition = {
+        "name": BOARD.name,
+        "forward": BOARD.forward,
+        "fixed": BOARD.fixed,
+        "quant_overhead": BOARD.quant_overhead,
+    }
+    missing = _missing_costs(runs)
+    if missing is not None:
+        return {
+            "available": False,
+            "composition": composition,
+            "reason": f"{missing} keeps no cost_profile.json, fleet.toml and config.toml",
+        }
+    retimed = {
+        a.label: {
+            s: retime(runs.metrics[a.label][s], _cost(runs, a.label, s), BOARD) for s in runs.seeds
+        }
+        for a in runs.arms
+    }
+    metrics = {label: {s: r.metrics for s, r in by.items()} for label, by in retimed.items()}
+    return {
+        "available": True,
+        "composition": composition,
+        "labels": [
+            {
+                "label": a.label,
+                "exact": exact_on_board(a.method),
+                "virtual_seconds_total": [_total_seconds(metrics[a.label][s]) for s in runs.seeds],
+                "scaled_rounds": [len(retimed[a.label][s].scaled_rounds) for s in runs.seeds],
+            }
+            for a in runs.arms
+        ],
+        "per_target": _per_target(runs.arms, metrics, runs.targets, baselines, with_bytes=False),
+    }
+
+
+def _cost(runs: SeededRuns, label: str, seed: int) -> RunCost:
+    cost = runs.costs[label][seed]
+    assert cost is not None  # checked by _missing_costs
+    return cost
+
+
+def _total_seconds(metrics: Metrics) -> float:
+    return float(metrics[-1]["virtual_seconds_total"]) if metrics else 0.0
+
+
+def _budgets(runs: SeededRuns) -> dict[str, Any] | None:
+    """Each label's accuracy at every budget, per seed and its mean over the seeds evaluated."""
+    if not runs.budgets:
+        return None
+    labels = []
+    for arm in runs.arms:
+        curves = [accuracy_curve(runs.metrics[arm.label][s]) for s in runs.seeds]
+        at = []
+        for budget in runs.budgets:
+            values = [accuracy_at(curve, budget) for curve in curves]
+            present = [v.accuracy for v in values if v.accuracy is not None]
+            at.append(
+                {
+                    "budget_seconds": budget,
+                    "mean": math.fsum(present) / len(present) if present else None,
+                    "seeds": len(present),
+                    "per_seed": [v.accuracy for v in values],
+                    "ended": [v.ended for v in values],
+                }
+            )
+        labels.append({"label": arm.label, "at": at})
+    return {"seconds": runs.budgets, "labels": labels}
+
+
+def _claim_source(runs: SeededRuns) -> tuple[str, int] | None:
+    """The run whose cost profile prices the memory claim: FedQuad's, else a uniform-rank one."""
+    from fedquad.methods_registry import method
+
+    if not runs.seeds:
+        return None
+    seed = runs.seeds[0]
+    for arm in sorted(runs.arms, key=lambda a: a.method != "fedquad"):
+        uniform = method(arm.method).structure == "uniform"
+        if uniform and runs.costs.get(arm.label, {}).get(seed) is not None:
+            return arm.label, seed
+    return None
+
+
+def _memory_claim(runs: SeededRuns) -> dict[str, Any] | None:
+    source = _claim_source(runs)
+    if source is None:
+        return None
+    cost = _cost(runs, *source)
+    return {
+        "label": source[0],
+        "seed": source[1],
+        **memory_claim(cost.profile, cost.precision, runs.measured),
+    }
+
+
 def report_data(runs: SeededRuns) -> dict[str, Any]:
     """Everything the tables show, as JSON-ready data (``null``: not reached)."""
     baselines = [a.label for a in runs.arms if a.baseline]
-    targets = []
-    for target in runs.targets:
-        times = {a.label: _times(runs.metrics[a.label], target) for a in runs.arms}
-        best = best_baseline({b: times[b] for b in baselines})
-        labels = []
-        for arm in runs.arms:
-            speedups = [
-                _speedup_json(b, paired_speedup(times[arm.label], times[b]))
-                for b in baselines
-                if b != arm.label
-            ]
-            if best is not None and best != arm.label:
-                speedups.append(
-                    _speedup_json(f"{BEST} ({best})", paired_speedup(times[arm.label], times[best]))
-                )
-            labels.append(
-                {
-                    "label": arm.label,
-                    "time_to_target_seconds": _summary(times[arm.label]),
-                    "bytes_to_target": _summary(_bytes(runs.metrics[arm.label], target)),
-                    "speedups": speedups,
-                }
-            )
-        targets.append({"target_accuracy": target, "best_baseline": best, "labels": labels})
     return {
         "schema": REPORT_SCHEMA,
         "seeds": runs.seeds,
@@ -172,26 +322,41 @@ def report_data(runs: SeededRuns) -> dict[str, Any]:
             for a in runs.arms
         ],
         "baselines": baselines,
-        "per_target": targets,
+        "per_target": _per_target(runs.arms, runs.metrics, runs.targets, baselines),
+        "board_clock": _board_clock(runs, baselines),
+        "budgets": _budgets(runs),
         "runs": [_runs_json(a.label, runs.metrics[a.label]) for a in runs.arms],
+        "memory_claim": _memory_claim(runs),
     }
+
+
+def _flagged(metrics: Metrics, key: str) -> int:
+    return sum(bool(d.get(key)) for r in metrics for d in r["devices"])
 
 
 def _runs_json(label: str, by_seed: Mapping[int, Metrics]) -> dict[str, Any]:
     seeds = sorted(by_seed)
     peaks: dict[str, int] = {}
+    budgets: dict[str, int] = {}
     tiers = ordered_tiers(budget_per_tier(by_seed[s]) for s in seeds)
     for s in seeds:
         for tier, peak in peak_memory_per_tier(by_seed[s]).items():
             peaks[tier] = max(peaks.get(tier, 0), peak)
+        for tier, budget in budget_per_tier(by_seed[s]).items():
+            budgets[tier] = max(budgets.get(tier, 0), budget)
+    finals = [final_accuracy(by_seed[s]) for s in seeds]
+    present = [f for f in finals if f is not None]
     return {
         "label": label,
         "rounds": [len(by_seed[s]) for s in seeds],
-        "final_accuracy": [final_accuracy(by_seed[s]) for s in seeds],
+        "final_accuracy": finals,
+        "final_accuracy_mean": math.fsum(present) / len(present) if present else None,
         "device_rounds_trained": [sum(len(r["devices"]) for r in by_seed[s]) for s in seeds],
         "device_rounds_sat_out": [sum(len(r["sat_out"]) for r in by_seed[s]) for s in seeds],
+        **{f"device_rounds_{k}": [_flagged(by_seed[s], k) for s in seeds] for k in RECORD_FLAGS},
         "bytes_total": [sum(r["bytes_up"] + r["bytes_down"] for r in by_seed[s]) for s in seeds],
         "peak_memory_bytes": {t: peaks[t] for t in tiers if t in peaks},
+        "memory_budget_bytes": {t: budgets[t] for t in tiers if t in budgets},
     }
 
 
@@ -212,7 +377,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _reached_table(
-    data: Mapping[str, Any], key: str, scale: float, fmt: str, unit: str, seeds: Sequence[int]
+    data: Mapping[str, Any],
+    key: str,
+    scale: float,
+    fmt: str,
+    unit: str,
+    seeds: Sequence[int],
+    mark: Mapping[str, str] | None = None,
 ) -> list[str]:
     header = ["label", "reached", f"geometric mean ({unit})", *(f"seed {s}" for s in seeds)]
     rows = []
@@ -221,7 +392,7 @@ def _reached_table(
         gm = v["geometric_mean"]
         rows.append(
             [
-                item["label"],
+                item["label"] + (mark or {}).get(item["label"], ""),
                 f"{v['reached']} of {v['seeds']}",
                 NOT_REACHED if gm is None else format(gm / scale, fmt),
                 *(NOT_REACHED if x is None else format(x / scale, fmt) for x in v["per_seed"]),
@@ -230,25 +401,39 @@ def _reached_table(
     return _table(header, rows)
 
 
-def _speedup_table(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+def _ratio_table(
+    data: Mapping[str, Any],
+    key: str,
+    name: str,
+    seeds: Sequence[int],
+    mark: Mapping[str, str] | None = None,
+    change: bool = False,
+) -> list[str]:
+    """One row per (label, baseline): the paired ratio's geometric mean, interval, counts and
+    every seed's ratio (``change``: with the mean as a percentage change too)."""
     header = [
         "label",
         "over",
-        "speed-up",
+        name,
+        *(["change"] if change else []),
         "95% interval",
         "seeds",
         "both / label only / other only / neither",
         *(f"seed {s}" for s in seeds),
     ]
+    mark = mark or {}
     rows = []
     for item in data["labels"]:
-        for s in item["speedups"]:
-            interval = s["interval_95"]
+        for s in item[key]:
+            interval, gm = s["interval_95"], s["geometric_mean"]
+            over = s["over"]
+            base = over.split("(")[-1].rstrip(")") if over.startswith(BEST) else over
             rows.append(
                 [
-                    item["label"],
-                    s["over"],
-                    NO_VALUE if s["geometric_mean"] is None else f"{s['geometric_mean']:.2f}×",
+                    item["label"] + mark.get(item["label"], ""),
+                    over + mark.get(base, ""),
+                    NO_VALUE if gm is None else f"{gm:.2f}×",
+                    *([NO_VALUE if gm is None else f"{(gm - 1) * 100:+.0f}%"] if change else []),
                     NO_VALUE if interval is None else f"{interval[0]:.2f}–{interval[1]:.2f}×",
                     str(s["seeds"]),
                     f"{s['both']} / {s['only_this']} / {s['only_other']} / {s['neither']}",
@@ -256,6 +441,277 @@ def _speedup_table(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
                 ]
             )
     return _table(header, rows) if rows else ["No baseline to compare with.", ""]
+
+
+def _speedup_table(
+    data: Mapping[str, Any], seeds: Sequence[int], mark: Mapping[str, str] | None = None
+) -> list[str]:
+    return _ratio_table(data, "speedups", "speed-up", seeds, mark)
+
+
+def _per_seed(values: Sequence[Any], fmt: Callable[[Any], str]) -> str:
+    return " / ".join(fmt(v) for v in values)
+
+
+def _host_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    lines: list[str] = []
+    for block in data["per_target"]:
+        best = block["best_baseline"]
+        lines += [
+            f"## Target {block['target_accuracy']:.4f}",
+            "",
+            f"Best baseline: {best}." if best else "No baseline reached the target.",
+            "",
+            "### Time to target (virtual s)",
+            "",
+            *_reached_table(block, "time_to_target_seconds", 1.0, ".1f", "s", seeds),
+            "### Speed-up",
+            "",
+            *_speedup_table(block, seeds),
+            "### Bytes to target (MB, up + down)",
+            "",
+            *_reached_table(block, "bytes_to_target", 1e6, ".2f", "MB", seeds),
+            "### Bytes to target against each baseline",
+            "",
+            "Bytes of the label / bytes of the baseline, per seed: below 1 the label sent fewer.",
+            "",
+            *_ratio_table(block, "bytes_ratios", "bytes ratio", seeds, change=True),
+        ]
+    return lines
+
+
+def _board_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    board = data["board_clock"]
+    c = board["composition"]
+    lines = [
+        f"## Board clock ({c['name']} step composition)",
+        "",
+        f"The same runs re-timed with every tier's step split as forward {c['forward']:.2f}, "
+        f"fixed {c['fixed']:.2f} and the backward spread over the blocks, plus "
+        f"{c['quant_overhead']:.2f} of a block's backward per quantized block, anchored so that "
+        "a full-depth step takes as long as on the host clock (docs/methods.md §6, §8). The two "
+        "clocks bracket what the papers' boards would show. Bytes and accuracy are the host "
+        "clock's; only the times change.",
+        "",
+    ]
+    if not board["available"]:
+        return [*lines, f"Not available: {board['reason']}.", ""]
+    mark = {item["label"]: "" if item["exact"] else "†" for item in board["labels"]}
+    planned = [item["label"] for item in board["labels"] if not item["exact"]]
+    if planned:
+        lines += [
+            f"† {PLANNED_ON_HOST}: {', '.join(planned)} chose each round's configs by the host "
+            "clock's times; re-timed, they show those plans' time on the board, not what they "
+            "would have planned there. The others' plans do not depend on time: their board "
+            "times are exact.",
+            "",
+        ]
+    scaled = [
+        f"{item['label']} ({_per_seed(item['scaled_rounds'], str)})"
+        for item in board["labels"]
+        if any(item["scaled_rounds"])
+    ]
+    if scaled:
+        lines += [
+            "Rounds that timed devices their records do not show (rejected updates, devices "
+            "late for the deadline) are scaled by their recorded devices' change, per seed: "
+            + "; ".join(scaled)
+            + ".",
+            "",
+        ]
+    lines += [
+        "### Virtual time of each whole run (board s)",
+        "",
+        *_table(
+            ["label", *(f"seed {s}" for s in seeds)],
+            [
+                [item["label"] + mark[item["label"]]]
+                + [f"{t:.1f}" for t in item["virtual_seconds_total"]]
+                for item in board["labels"]
+            ],
+        ),
+    ]
+    for block in board["per_target"]:
+        best = block["best_baseline"]
+        target = f"{block['target_accuracy']:.4f}"
+        lines += [
+            f"### Target {target}: time to target (board virtual s)",
+            "",
+            f"Best baseline on the board clock: {best}." if best else "No baseline reached it.",
+            "",
+            *_reached_table(block, "time_to_target_seconds", 1.0, ".1f", "s", seeds, mark),
+            f"### Target {target}: speed-up on the board clock",
+            "",
+            *_speedup_table(block, seeds, mark),
+        ]
+    return lines
+
+
+def _budget_section(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    budgets = data["budgets"]
+    lines = ["## Accuracy at fixed virtual-time budgets (host clock)", ""]
+    if budgets is None:
+        return [*lines, "No budgets were fixed for this comparison.", ""]
+    lines += [
+        "Budgets fixed in the comparison's config before any run (docs/methods.md §8): "
+        f"{', '.join(f'{b:g}' for b in budgets['seconds'])} virtual s. A run's accuracy at a "
+        "budget is its last evaluation at or before it; (ended): the run had finished before "
+        "the budget, and its final accuracy is shown. The mean is over the seeds with a value.",
+        "",
+    ]
+    rows = []
+    for item in budgets["labels"]:
+        for at in item["at"]:
+            rows.append(
+                [
+                    item["label"],
+                    f"{at['budget_seconds']:g}",
+                    NO_VALUE if at["mean"] is None else f"{at['mean']:.4f}",
+                    f"{at['seeds']} of {len(at['per_seed'])}",
+                    *(
+                        NO_VALUE if a is None else f"{a:.4f}" + (" (ended)" if ended else "")
+                        for a, ended in zip(at["per_seed"], at["ended"], strict=True)
+                    ),
+                ]
+            )
+    header = [
+        "label",
+        "budget (virtual s)",
+        "mean accuracy",
+        "seeds",
+        *(f"seed {s}" for s in seeds),
+    ]
+    return [*lines, *_table(header, rows)]
+
+
+def _run_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    runs = data["runs"]
+
+    def accuracy(a: float | None) -> str:
+        return NO_VALUE if a is None else f"{a:.4f}"
+
+    lines = [
+        "## Final accuracy",
+        "",
+        *_table(
+            ["label", "mean", *(f"seed {s}" for s in seeds)],
+            [
+                [
+                    r["label"],
+                    accuracy(r["final_accuracy_mean"]),
+                    *map(accuracy, r["final_accuracy"]),
+                ]
+                for r in runs
+            ],
+        ),
+    ]
+    tiers = list(dict.fromkeys(t for r in runs for t in r["peak_memory_bytes"]))
+    budgets: dict[str, int] = {}
+    for r in runs:
+        for tier, budget in r["memory_budget_bytes"].items():
+            budgets[tier] = max(budgets.get(tier, 0), budget)
+
+    def mib(values: Mapping[str, int], tier: str) -> str:
+        return f"{values[tier] / MIB:.1f}" if tier in values else NO_VALUE
+
+    lines += [
+        "## Peak memory per tier (MiB)",
+        "",
+        "The largest predicted training memory of a trained device of the tier over every seed "
+        "(the cost model's, from the run records), under the tier's memory budget.",
+        "",
+        *_table(
+            ["label", *tiers],
+            [
+                ["budget", *(mib(budgets, t) for t in tiers)],
+                *([r["label"], *(mib(r["peak_memory_bytes"], t) for t in tiers)] for r in runs),
+            ],
+        ),
+        "## Device-rounds",
+        "",
+        "Per seed, in seed order: devices that trained and were aggregated, sampled devices that "
+        "sat out, and trained device-rounds whose records say they trained over their memory "
+        "budget (planner.infeasible = 'ignore') or with checkpointed blocks; records written "
+        "before those fields existed count 0.",
+        "",
+        *_table(
+            ["label", "trained", "sat out", "over budget", "checkpointed"],
+            [
+                [
+                    r["label"],
+                    *(
+                        _per_seed(r[f"device_rounds_{k}"], str)
+                        for k in ("trained", "sat_out", *RECORD_FLAGS)
+                    ),
+                ]
+                for r in runs
+            ],
+        ),
+    ]
+    return lines
+
+
+def _memory_section(data: Mapping[str, Any]) -> list[str]:
+    claim = data["memory_claim"]
+    lines = ["## Memory claim: full depth, every block quantized", ""]
+    if claim is None:
+        return [
+            *lines,
+            "Not available: no run keeps the cost profile of a uniform-rank method.",
+            "",
+        ]
+    high, low = claim["configs"]
+
+    def mib(v: int | None) -> str:
+        return NO_VALUE if v is None else f"{v / MIB:.1f}"
+
+    def ratio(v: float | None) -> str:
+        return NO_VALUE if v is None else f"{v:.2f}"
+
+    depth = high["depth"]
+    measured = claim["measured_by"]
+    lines += [
+        f"The cost model's total device memory at full depth d = {depth}: M(d, 0) against "
+        f"M(d, d), every block's saved activations at {low['bits']} bits, in "
+        f"{claim['precision']}, from the cost profile of {claim['label']} seed {claim['seed']}; "
+        "beside it the saved activations alone and the measured process peak of one training "
+        "step. The papers' claim is a peak at least 50% lower (a ratio of 0.50 or less).",
+        "",
+        *_table(
+            [
+                "config",
+                "M(d, q) MiB",
+                "saved activations MiB",
+                "measured peak MiB",
+                "measured peak above the process before training MiB",
+            ],
+            [
+                [
+                    f"d = {depth}, q = {c['quantized']}"
+                    + (f" at {c['bits']} bits" if c["quantized"] else ""),
+                    mib(c["total_bytes"]),
+                    mib(c["saved_bytes"]),
+                    mib(c["measured_peak_bytes"]),
+                    mib(c["measured_peak_above_baseline_bytes"]),
+                ]
+                for c in (high, low)
+            ]
+            + [
+                [
+                    f"ratio q = {depth} / q = 0",
+                    ratio(claim["total_ratio"]),
+                    ratio(claim["saved_ratio"]),
+                    ratio(claim["measured_peak_ratio"]),
+                    ratio(claim["measured_above_baseline_ratio"]),
+                ]
+            ],
+        ),
+        f"Measured by {measured}."
+        if measured
+        else f"Not measured: `benchmarks/reproduce.py --measure-memory` writes {MEASURED_FILE}.",
+        "",
+    ]
+    return lines
 
 
 def markdown(data: Mapping[str, Any]) -> str:
@@ -280,54 +736,11 @@ def markdown(data: Mapping[str, Any]) -> str:
             for e in data["entries"]
         ),
         "",
-    ]
-    for block in data["per_target"]:
-        best = block["best_baseline"]
-        lines += [
-            f"## Target {block['target_accuracy']:.4f}",
-            "",
-            f"Best baseline: {best}." if best else "No baseline reached the target.",
-            "",
-            "### Time to target (virtual s)",
-            "",
-            *_reached_table(block, "time_to_target_seconds", 1.0, ".1f", "s", seeds),
-            "### Speed-up",
-            "",
-            *_speedup_table(block, seeds),
-            "### Bytes to target (MB, up + down)",
-            "",
-            *_reached_table(block, "bytes_to_target", 1e6, ".2f", "MB", seeds),
-        ]
-    tiers = list(dict.fromkeys(t for r in data["runs"] for t in r["peak_memory_bytes"]))
-    lines += ["## Every run", ""]
-    header = [
-        "label",
-        *(f"final accuracy seed {s}" for s in seeds),
-        "device-rounds trained",
-        "sat out",
-        *(f"peak MiB {t}" for t in tiers),
-    ]
-    rows = []
-    for r in data["runs"]:
-        rows.append(
-            [
-                r["label"],
-                *(NO_VALUE if a is None else f"{a:.4f}" for a in r["final_accuracy"]),
-                " / ".join(map(str, r["device_rounds_trained"])),
-                " / ".join(map(str, r["device_rounds_sat_out"])),
-                *(
-                    f"{r['peak_memory_bytes'][t] / MIB:.1f}"
-                    if t in r["peak_memory_bytes"]
-                    else NO_VALUE
-                    for t in tiers
-                ),
-            ]
-        )
-    lines += _table(header, rows)
-    lines += [
-        "Device-rounds are per seed, in seed order; peak MiB is the largest predicted training "
-        "memory of a trained device of the tier over every seed.",
-        "",
+        *_host_sections(data, seeds),
+        *_board_sections(data, seeds),
+        *_budget_section(data, seeds),
+        *_run_sections(data, seeds),
+        *_memory_section(data),
     ]
     return "\n".join(lines)
 
