@@ -221,6 +221,9 @@ def figure_tier_choices(
                     color=color,
                     linestyle="none",
                     marker=SAT_OUT_MARKER,
+                    markersize=9,
+                    markeredgewidth=2,
+                    zorder=3,  # over a q line at 0
                 )
         ax.set_title(method)
         ax.grid(alpha=0.3)
