@@ -46,9 +46,15 @@ from fedquad.seeded_compare import Plan, load_plan, run_comparison, run_config_d
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {arm: Path("benchmarks") / "arms" / f"{arm}.toml" for arm in ("P", "Q", "S")}
-KEPT_FILES = ("metrics.jsonl", "config.toml", "fleet.toml", "cost_profile.json")
-"""What a run leaves in the results: enough to rebuild every table and plot (no checkpoints,
-no adapters)."""
+KEPT_FILES = (
+    "metrics.jsonl",
+    "config.toml",
+    "fleet.toml",
+    "cost_profile.json",
+    "summary.json",
+)
+"""What a run leaves in the results: enough to rebuild every table and plot, and its summary
+(provenance, test label shares); no checkpoints, no adapters."""
 MEMORY_STEPS = 4
 """Training steps of each memory measurement (the peak is reached in the first)."""
 

@@ -345,6 +345,8 @@ def test_fedquad_run_on_a_tiny_decoder_reports_loss_perplexity_and_examples(deco
     assert summary["final_accuracy"] == metrics[-1]["test_accuracy"]
     assert len(summary["examples"]) == 4
     assert summary["examples"][0]["reference"] in ("great", "other")
+    shares = summary["test_label_shares"]  # the answer words accuracy is scored against
+    assert set(shares) <= {"great", "other"} and sum(shares.values()) == pytest.approx(1.0)
     from safetensors.torch import load_file
 
     adapter = load_file(result.run_dir / "adapter" / "adapter_model.safetensors")
@@ -369,6 +371,7 @@ def test_chatterbot_run_has_loss_but_no_accuracy(decoder_dir, tmp_path):
     assert "test_accuracy" not in record and math.isfinite(record["test_loss"])
     assert result.summary["final_accuracy"] is None
     assert result.summary["final_test_loss"] == record["test_loss"]
+    assert result.summary["test_label_shares"] is None  # no answer words: no majority class
     assert len(result.summary["examples"]) == 4
 
 

@@ -14,9 +14,11 @@ from fedquad.cost.model import (
     step_seconds,
     upload_bytes,
 )
+from fedquad.data import load_text_classification
 from fedquad.device_config import DeviceConfig
 from fedquad.methods_registry import METHODS
 from fedquad.report.results import read_metrics
+from fedquad.report.run_info import label_shares
 from helpers import SMALL_RUN
 
 pytestmark = pytest.mark.integration  # every test here loads a model
@@ -48,6 +50,10 @@ def test_run_writes_config_metrics_summary_and_adapter(small_run):
     assert summary["rounds"] == 2
     assert summary["final_accuracy"] == metrics[-1]["test_accuracy"]
     assert summary["label_names"] == ["great", "other"]
+    # the test set's label shares, from which the plots draw the majority-class line
+    test = load_text_classification("fine-foods", seed=0, max_test_samples=64).test
+    names = summary["label_names"]
+    assert summary["test_label_shares"] == label_shares(names[i] for i in test["label"])
     assert (run_dir / "adapter" / "adapter_config.json").exists()
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
 

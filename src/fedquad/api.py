@@ -32,6 +32,7 @@ from fedquad.report.plots import write_run_plots
 from fedquad.report.progress import RoundProgress
 from fedquad.report.provenance import provenance
 from fedquad.report.results import RunWriter, default_run_name, new_run_dir, read_metrics
+from fedquad.report.run_info import label_shares, read_run_info
 from fedquad.report.tensorboard import TensorBoardLog
 from fedquad.server.checkpoint import (
     Checkpoint,
@@ -44,7 +45,13 @@ from fedquad.server.records import best_accuracy, median_step_seconds
 from fedquad.server.rounds import run_rounds
 from fedquad.train.generate import causal_lm_summary
 from fedquad.train.placement import model_device
-from fedquad.workbench import Workbench, build_workbench, seed_everything, workload_profile
+from fedquad.workbench import (
+    Workbench,
+    build_workbench,
+    held_out_labels,
+    seed_everything,
+    workload_profile,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +215,10 @@ def _execute(
         timing=None if timing is None else timing.describe(),
     )
     summary.update(causal_lm_summary(metrics, bench.test_data))
+    labels = held_out_labels(bench.test_data, bench.label_names)
+    summary["test_label_shares"] = None if labels is None else label_shares(labels)
     writer.write_summary(summary)
-    write_run_plots(writer.dir, metrics, f"{config.method} on {config.data.name}")
+    write_run_plots(writer.dir, metrics, config.method, read_run_info(writer.dir))
     return RunResult(run_dir=writer.dir, metrics=metrics, summary=summary)
 
 

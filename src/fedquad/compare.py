@@ -33,6 +33,7 @@ from fedquad.report.results import (
     new_run_dir,
     read_metrics,
 )
+from fedquad.report.run_info import read_run_info
 
 DEFAULT_METHODS = default_compare_methods()
 
@@ -125,5 +126,6 @@ def report(
     atomic_write_text(out / "comparison.md", result.markdown())
     data = {**comparison_json(rows, chosen), "provenance": comparison_provenance(dirs)}
     atomic_write_text(out / "comparison.json", json.dumps(data, indent=2) + "\n")
-    write_comparison_plots(metrics, None if chosen is None else chosen.accuracy, out)
+    info = {m: read_run_info(d) for m, d in dirs.items()}
+    write_comparison_plots(metrics, None if chosen is None else chosen.accuracy, out, info)
     return result

@@ -61,7 +61,7 @@ from fedquad.models.registry import (
     load_tokenizer,
 )
 from fedquad.planners import global_ranks
-from fedquad.train.generate import PromptTestSet
+from fedquad.train.generate import PromptTestSet, first_word
 from fedquad.train.placement import model_device, place_model
 
 BUILTIN_FLEETS = (*TIERED_FLEETS, "uniform")
@@ -305,6 +305,16 @@ def to_tensors(dataset: Any) -> TensorData:
         "attention_mask": rows["attention_mask"],
         "labels": rows[label],
     }
+
+
+def held_out_labels(test_data: TensorData, label_names: list[str]) -> list[str] | None:
+    """Each test row's label by name, what accuracy is scored against: a class, or for recast
+    classification prompts the answer's first word; ``None`` for prompts without answers."""
+    if isinstance(test_data, PromptTestSet):
+        answers = test_data.answers
+        return None if answers is None else [first_word(a) for a in answers]
+    ids = test_data["labels"].tolist()
+    return [label_names[i] if 0 <= i < len(label_names) else str(i) for i in ids]
 
 
 def workload_profile(

@@ -748,11 +748,13 @@ def markdown(data: Mapping[str, Any]) -> str:
 def write_report(out: str | Path) -> dict[str, Any]:
     """Write ``comparison.md``, ``comparison.json`` and ``accuracy.png`` into ``out``."""
     from fedquad.report.plots import plot_seed_bands
+    from fedquad.report.run_info import read_run_info
 
     out = Path(out)
     runs = read_runs(out)
     data = report_data(runs)
     atomic_write_text(out / "comparison.json", json.dumps(data, indent=2) + "\n")
     atomic_write_text(out / "comparison.md", markdown(data))
-    plot_seed_bands(runs.metrics, runs.targets, out / "accuracy.png")
+    infos = [read_run_info(run_dir(out, a.label, s)) for a in runs.arms for s in runs.seeds]
+    plot_seed_bands(runs.metrics, runs.targets, out / "accuracy.png", infos)
     return data
