@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from fedquad import hub
 from fedquad.errors import FedquadError
 from fedquad.models import registry
 from fedquad.models.registry import (
@@ -387,11 +388,20 @@ def test_unknown_name_is_a_one_line_error(loader, offline):
 def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(registry, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda: False)
     start = time.perf_counter()
     with pytest.raises(FedquadError, match="unreachable"):
         load_causal_lm("no-such-org/no-such-model")
     assert time.perf_counter() - start < 10
+
+
+def test_a_misspelt_model_name_gets_the_closest_built_in_one(offline):
+    with pytest.raises(FedquadError) as info:
+        load_tokenizer("minilmm")
+    message = str(info.value)
+    assert "\n" not in message and "'minilmm'" in message
+    assert "HF_HUB_OFFLINE is set" in message
+    assert message.endswith("; did you mean 'minilm'?")
 
 
 def test_a_nonexistent_path_is_reported_as_not_a_directory(tmp_path, offline):

@@ -31,7 +31,13 @@ from fedquad.report.compare import time_to_target
 from fedquad.report.plots import write_run_plots
 from fedquad.report.progress import RoundProgress
 from fedquad.report.provenance import provenance
-from fedquad.report.results import RunWriter, default_run_name, new_run_dir, read_metrics
+from fedquad.report.results import (
+    RunWriter,
+    check_run_dir,
+    default_run_name,
+    new_run_dir,
+    read_metrics,
+)
 from fedquad.report.run_info import label_shares, read_run_info
 from fedquad.report.tensorboard import TensorBoardLog
 from fedquad.server.checkpoint import (
@@ -105,9 +111,7 @@ def resume(
     recorded: the result is the one the run would have given uninterrupted. A run killed before
     its first checkpoint starts its rounds again (its initial state is a function of the seed).
     ``on_round`` gets the records of the rounds run now (not those already in the file)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise FedquadError(f"--resume {str(run_dir)!r} is not a run directory (no config.toml)")
+    run_dir = check_run_dir(run_dir)
     checkpoint: Checkpoint | None = None
     started = all((run_dir / name).is_file() for name in ("cost_profile.json", "fleet.toml"))
     if started and not has_checkpoint(run_dir / CHECKPOINT_DIR):

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     profile = sub.add_parser(
         "profile", help="measure (or read from the cache) the workload's cost profile and print it"
     )
-    _config_args(profile)
+    _config_args(profile, output=True)
     profile.add_argument("--refresh", action="store_true", help="measure again, ignoring the cache")
     profile.add_argument(
         "--export",
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     fleet_show = fleet_sub.add_parser(
         "show", help="each tier's budget and largest feasible depth for the config's workload"
     )
-    _config_args(fleet_show)
+    _config_args(fleet_show, output=True)
     fleet_show.add_argument(
         "--fleet",
         help="fleet TOML file or built-in name (default, papers, decorrelated, uniform; "
@@ -83,12 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser(
         "plan", help="print the config the method gives each sampled device in one round"
     )
-    _config_args(plan)
+    _config_args(plan, output=True)
     plan.add_argument("--round", type=int, default=1, help="which round (default 1)")
     compare = sub.add_parser(
         "compare", help="run several methods on the same config and tabulate time to target"
     )
-    _config_args(compare)
+    _config_args(compare, output=True)
     compare.add_argument(
         "--methods",
         help="comma-separated methods (default: fedquad,legend,joint and the four baselines)",
@@ -120,90 +120,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
+def _config_args(parser: argparse.ArgumentParser, output: bool = False) -> None:
     parser.add_argument(
         "--config",
         help=CONFIG_HELP,
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-
-
-def _profile(args: argparse.Namespace, fleet: str | None = None) -> int:
-    from rich.console import Console
-
-    from fedquad.config import load_config
-    from fedquad.quiet import quiet_libraries
-    from fedquad.report.tables import fleet_table, plan_table, profile_tables
-    from fedquad.workbench import build_workbench, workload_profile
-
-    quiet_libraries()
-    overrides = [*args.overrides, *([f"fleet.name={fleet!r}"] if fleet else [])]
-    config = load_config(args.config, overrides)
-    console = Console()
-    if getattr(args, "export", None):
-        from fedquad.workbench import export_timing
-
-        with console.status("measuring the reference time terms (keep the machine idle)"):
-            source = export_timing(config, args.export, force=args.force, repeats=args.repeats)
-        t, load = source.timing, source.provenance
-        console.print(
-            f"f={t.f:.6f} g={t.g:.6f} o={t.o:.6f} c={t.c:.6f} s (load "
-            f"{load['load_before']:.2f} before, {load['load_after']:.2f} after): {args.export}"
+    if output:
+        parser.add_argument(
+            "--format",
+            choices=("table", "json"),
+            default="table",
+            help='table (default), or json: one object with "schema": 1 on stdout, nothing else',
         )
-        return 0
-    with console.status("loading the workload and its cost profile (measured once, then cached)"):
-        bench = build_workbench(config)
-        result = workload_profile(bench, refresh=getattr(args, "refresh", False))
-    structure = bench.structure
-    if args.command == "plan":
-        from fedquad.server.capacity import CapacityEstimator
-        from fedquad.server.configure import RoundPlanner, settings_for
-
-        if args.round < 1:
-            raise FedquadError(f"--round {args.round} is not allowed: use a round >= 1")
-        samples = [len(d["labels"]) for d in bench.device_data]
-        planner = RoundPlanner(
-            settings_for(config), bench.fleet, result.profile, structure.depth, samples
-        )
-        planned = planner.plan(args.round, CapacityEstimator())
-        console.print(plan_table(planned, planner.ctx, config.method, args.round))
-    elif args.command == "profile":
-        ranks = {b: structure.rank_of(b) for b in structure.lora_blocks}
-        for table in profile_tables(result.profile, ranks):
-            console.print(table)
-        origin = "measured now" if result.measured_now else "from the cache"
-        console.print(f"profile {origin}: {result.path}")
-        timing = result.timing
-        console.print(f"time terms: {timing.kind} {timing.origin or ''} (hash {timing.hash})")
-    else:
-        console.print(
-            fleet_table(
-                bench.fleet,
-                result.profile,
-                config.fleet.kappa,
-                config.quant.bits,
-                structure.depth,
-                config.lora.rank,
-            )
-        )
-    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedquad.api import run
+    # every check that needs no torch comes first: a mistake is reported before the imports
     from fedquad.config import load_config
+    from fedquad.extras import check_extras
+    from fedquad.names import check_names
     from fedquad.quiet import quiet_libraries
+    from fedquad.report.results import check_run_dir
 
-    quiet_libraries()
     if args.resume:
         if args.config or args.overrides:
             raise FedquadError("--resume takes no --config or --set: the run's own config is used")
+        check_run_dir(args.resume)
+        quiet_libraries()
         from fedquad.api import resume
 
         result = resume(args.resume, progress=not args.quiet)
     else:
         overrides = [*args.overrides, *(["tensorboard=true"] if args.tensorboard else [])]
-        result = run(load_config(args.config, overrides), progress=not args.quiet)
+        config = load_config(args.config, overrides)
+        check_extras(config)
+        check_names(config)
+        quiet_libraries()
+        from fedquad.api import run
+
+        result = run(config, progress=not args.quiet)
     s = result.summary
     print(
         f"final accuracy {s['final_accuracy']:.4f} (best {s['best_accuracy']:.4f}) after "
@@ -230,14 +186,27 @@ def _compare(args: argparse.Namespace) -> int:
         return seeded_compare(args)
     from rich.console import Console
 
-    from fedquad.compare import DEFAULT_METHODS, check_target, compare, parse_methods
+    from fedquad.compare import (
+        DEFAULT_METHODS,
+        check_target,
+        compare,
+        comparison_data,
+        method_configs,
+        parse_methods,
+    )
     from fedquad.config import load_config
+    from fedquad.extras import check_extras
+    from fedquad.names import check_names
     from fedquad.quiet import quiet_libraries
     from fedquad.report.compare import rich_tables
+    from fedquad.report.output import print_json, stdout_console
 
     methods = parse_methods(args.methods if args.methods is not None else DEFAULT_METHODS)
     check_target(args.target)
     config = load_config(args.config, args.overrides)
+    method_configs(config, methods)
+    check_extras(config)
+    check_names(config)
     quiet_libraries()
     status = Console(stderr=True, quiet=args.quiet)
     result = compare(
@@ -247,8 +216,12 @@ def _compare(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         on_method=lambda i, m: status.print(f"[bold]{m}[/bold] ({i + 1} of {len(methods)})"),
     )
+    if args.format == "json":
+        print_json("compare", comparison_data(result.dir))
+        return 0
+    console = stdout_console()
     for table in rich_tables(result.rows, result.target):
-        Console().print(table)
+        console.print(table)
     print(f"comparison in {result.dir}")
     return 0
 
@@ -262,12 +235,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fedquad.seeded_cli import report
 
         return report(args)
-    if args.command == "profile":
-        return _profile(args)
-    if args.command == "fleet":
-        return _profile(args, fleet=args.fleet)
-    if args.command == "plan":
-        return _profile(args)
+    if args.command in ("profile", "fleet", "plan"):
+        from fedquad.workload_cli import workload_command
+
+        return workload_command(args)
     if args.command == "deploy":
         from fedquad import deploy_cli
 
@@ -283,7 +254,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name, text in BUILTIN_MODELS.items():
             print(f"{name:16} {text}")
         return 0
-    from fedquad.data import BUILTIN_DATASETS, PROMPT_DATASETS
+    from fedquad.names import BUILTIN_DATASETS, PROMPT_DATASETS
 
     for name, text in {**BUILTIN_DATASETS, **PROMPT_DATASETS}.items():
         print(f"{name:18} {text}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedquad.config import ExperimentConfig
-from fedquad.errors import FedquadError
+from fedquad.errors import FedquadError, did_you_mean
 from fedquad.methods_registry import METHODS, default_compare_methods
 from fedquad.report.compare import (
     Row,
@@ -25,7 +25,6 @@ from fedquad.report.compare import (
     comparison_rows,
     markdown_table,
 )
-from fedquad.report.plots import write_comparison_plots
 from fedquad.report.provenance import comparison_provenance
 from fedquad.report.results import (
     atomic_write_text,
@@ -60,10 +59,22 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
         raise FedquadError(f"--methods {text!r} names no method: use some of {', '.join(METHODS)}")
     unknown = [n for n in names if n not in METHODS]
     if unknown:
+        hint = did_you_mean(unknown[0], METHODS)
+        tail = f" ({hint})" if hint else ""
         raise FedquadError(
-            f"unknown method {unknown[0]!r} in --methods: use some of {', '.join(METHODS)}"
+            f"unknown method {unknown[0]!r} in --methods: use some of {', '.join(METHODS)}{tail}"
         )
     return list(dict.fromkeys(names))
+
+
+def method_configs(config: ExperimentConfig, methods: Sequence[str]) -> dict[str, ExperimentConfig]:
+    """Each method's config, every one checked before the first run starts."""
+    return {m: dataclasses.replace(config, method=m).validate() for m in methods}
+
+
+def comparison_data(out: str | Path) -> dict[str, Any]:
+    """What ``fedquad compare --format json`` prints: the directory and its ``comparison.json``."""
+    return {"dir": str(out), **json.loads((Path(out) / "comparison.json").read_text())}
 
 
 def check_target(target: float | None) -> None:
@@ -84,8 +95,6 @@ def compare(
     ``target`` overrides ``federation.target_accuracy``; without either, the target is 95% of the
     best final accuracy of any method. ``on_method(i, name)`` is called before each run.
     """
-    from fedquad.api import run  # torch and transformers: only when something runs
-
     methods = parse_methods(methods)
     check_target(target)
     source = "set by " + ("--target" if target is not None else "federation.target_accuracy")
@@ -93,8 +102,9 @@ def compare(
         config = dataclasses.replace(
             config, federation=dataclasses.replace(config.federation, target_accuracy=target)
         )
-    # Every method's config is checked before the first one starts.
-    configs = {m: dataclasses.replace(config, method=m).validate() for m in methods}
+    configs = method_configs(config, methods)
+    from fedquad.api import run  # torch and transformers: only once everything is checked
+
     out = new_run_dir(
         config.output_dir,
         config.run_name
@@ -126,6 +136,8 @@ def report(
     atomic_write_text(out / "comparison.md", result.markdown())
     data = {**comparison_json(rows, chosen), "provenance": comparison_provenance(dirs)}
     atomic_write_text(out / "comparison.json", json.dumps(data, indent=2) + "\n")
+    from fedquad.report.plots import write_comparison_plots  # matplotlib: only when plotting
+
     info = {m: read_run_info(d) for m, d in dirs.items()}
     write_comparison_plots(metrics, None if chosen is None else chosen.accuracy, out, info)
     return result

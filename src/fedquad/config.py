@@ -7,7 +7,6 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import tomllib
 import types
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from fedquad.errors import FedquadError, unknown_key
+from fedquad.errors import FedquadError, did_you_mean, unknown_key
 from fedquad.methods_registry import method, method_names
 
 Deadline = Literal["anchored", "search", "adaptive"]
@@ -570,7 +569,9 @@ def _positive_number(value: object) -> bool:
 def _check_choice(key: str, value: object, allowed: tuple[Any, ...]) -> None:
     # A bool equals 0 or 1, so compare types too (quant.bits = true is not 1 bit).
     if not any(type(value) is type(a) and value == a for a in allowed):
-        raise FedquadError(f"{key} = {value!r} is not allowed: use {_listed(allowed)}")
+        hint = did_you_mean(value, allowed)
+        tail = f" ({hint})" if hint else ""
+        raise FedquadError(f"{key} = {value!r} is not allowed: use {_listed(allowed)}{tail}")
 
 
 def _listed(allowed: tuple[Any, ...]) -> str:
@@ -712,9 +713,9 @@ def config_path(name: str | Path) -> Path:
 
 def _missing_config(path: Path) -> str:
     presets = preset_names()
-    close = difflib.get_close_matches(path.stem, presets, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"config file '{path}' does not exist (built-in presets: {', '.join(presets)}){hint}"
+    hint = did_you_mean(path.stem, presets)
+    tail = f"; {hint}" if hint else ""
+    return f"config file '{path}' does not exist (built-in presets: {', '.join(presets)}){tail}"
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 class FedquadError(Exception):
@@ -29,10 +29,21 @@ class RunInterrupted(KeyboardInterrupt):
         )
 
 
+def did_you_mean(value: object, allowed: Iterable[object]) -> str | None:
+    """``"did you mean 'x'?"`` for the known name ``x`` closest to a misspelt ``value``, or None
+    when none is close: every "did you mean" of a key, a preset, a method, a fleet, a dataset or
+    a model comes from here."""
+    if not isinstance(value, str):
+        return None
+    names = [a for a in allowed if isinstance(a, str)]
+    close = difflib.get_close_matches(value, names, n=1)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
 def unknown_key(key: str, allowed: Sequence[str], where: str = "config") -> FedquadError:
     """An unknown key in a file, with the closest known key as a suggestion."""
-    hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(allowed), n=1)
-    tail = f" (did you mean '{hint[0]}'?)" if hint else f"; known keys: {', '.join(allowed)}"
+    hint = did_you_mean(key.rsplit(".", 1)[-1], allowed)
+    tail = f" ({hint})" if hint else f"; known keys: {', '.join(allowed)}"
     return FedquadError(f"unknown {where} key '{key}'{tail}")
 
 

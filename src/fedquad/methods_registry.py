@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fedquad.errors import FedquadError
+from fedquad.errors import FedquadError, did_you_mean
 
 PlannerName = Literal["greedy", "greedy-depth", "full-depth", "rank-by-speed", "random-blocks"]
 """``greedy``: depth and quantized blocks per device (docs/methods.md §4.1); ``greedy-depth``:
@@ -147,7 +147,9 @@ def method_names() -> tuple[str, ...]:
 
 def method(name: str) -> Method:
     if name not in METHODS:
-        raise FedquadError(f"method {name!r} is not allowed: use one of {', '.join(METHODS)}")
+        hint = did_you_mean(name, METHODS)
+        tail = f" ({hint})" if hint else ""
+        raise FedquadError(f"method {name!r} is not allowed: use one of {', '.join(METHODS)}{tail}")
     return METHODS[name]
 
 

@@ -22,8 +22,11 @@ def is_seeded(args: argparse.Namespace) -> bool:
 def seeded_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fedquad.compare import parse_methods
+    from fedquad.compare import comparison_data, parse_methods
+    from fedquad.config import from_dict
+    from fedquad.names import check_names
     from fedquad.quiet import quiet_libraries
+    from fedquad.report.output import print_json
     from fedquad.report.results import default_run_name
     from fedquad.seeded_compare import load_plan, parse_seeds, parse_targets, run_comparison
 
@@ -33,12 +36,11 @@ def seeded_compare(args: argparse.Namespace) -> int:
     targets = None if args.targets is None else parse_targets(args.targets)
     methods = None if args.methods is None else parse_methods(args.methods)
     plan = load_plan(args.config, args.overrides, methods=methods, seeds=seeds, targets=targets)
+    shared = from_dict(dict(plan.base))
+    check_names(shared)
     if args.out is not None:
         out = Path(args.out)
     else:
-        from fedquad.config import from_dict
-
-        shared = from_dict(dict(plan.base))
         out = Path(shared.output_dir) / default_run_name(
             "compare", shared.data.name, shared.model.name, plan.seeds[0]
         )
@@ -50,6 +52,9 @@ def seeded_compare(args: argparse.Namespace) -> int:
         status.print(f"[bold]{label}[/bold] seed {seed} {how} ({i + 1} of {n} to run)")
 
     run_comparison(plan, out, progress=not args.quiet, on_run=on_run)
+    if args.format == "json":
+        print_json("compare", comparison_data(out))
+        return 0
     print((out / "comparison.md").read_text(), end="")
     print(f"comparison in {out}")
     return 0

@@ -60,11 +60,10 @@ from fedquad.models.registry import (
     load_sequence_classifier,
     load_tokenizer,
 )
+from fedquad.names import BUILTIN_FLEETS, check_fleet_name
 from fedquad.planners import global_ranks
 from fedquad.train.generate import PromptTestSet, first_word
 from fedquad.train.placement import model_device, place_model
-
-BUILTIN_FLEETS = (*TIERED_FLEETS, "uniform")
 
 
 @dataclass
@@ -129,11 +128,7 @@ def resolve_fleet(config: ExperimentConfig) -> FleetSpec:
                 f"{num} devices: use at most {num}"
             )
         return _sized(spec, num, per_round)
-    if not Path(name).is_file():
-        raise FedquadError(
-            f"fleet.name = {name!r} is neither a built-in fleet ({', '.join(BUILTIN_FLEETS)}) "
-            "nor a fleet TOML file"
-        )
+    check_fleet_name(name)
     spec = load_fleet(name)
     for key, asked, has in [
         ("num_devices", fed.num_devices, spec.num_devices),

@@ -15,24 +15,17 @@ import datasets
 import pandas as pd
 
 from fedquad.data.sources import (
-    FILE_FORMATS,
     _check_fraction,
     _check_max_samples,
     _find_split_file,
     _read_table,
-    _short_reason,
     _subsample,
     flatten_quietly,
+    load_hub_dataset,
     load_text_classification,
 )
 from fedquad.errors import FedquadError
-
-PROMPT_DATASETS: dict[str, str] = {
-    "chatterbot": "English question/answer pairs of chatterbot-corpus (offline, 2,025 pairs; "
-    "causal-lm)",
-    "fine-foods-prompts": "fine-foods reviews as prompts asking for the rating word, great or "
-    "other (offline, 4,000 train / 1,000 test; causal-lm)",
-}
+from fedquad.names import FILE_FORMATS, PROMPT_DATASETS, local_or_builtin
 
 DEFAULT_PROMPT_FIELD = "instruction"
 DEFAULT_RESPONSE_FIELD = "response"
@@ -202,11 +195,8 @@ def _select(df: pd.DataFrame, prompt: str, response: str, where: str) -> pd.Data
 
 
 def _load_pairs(name: str, prompt: str, response: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    if not name.strip():
-        raise FedquadError(
-            f"dataset name is empty; use a built-in name ({', '.join(PROMPT_DATASETS)}), "
-            "a local file or directory, or a Hugging Face dataset name"
-        )
+    if not local_or_builtin(name, tuple(PROMPT_DATASETS)):
+        return _load_hub(name, prompt, response)
     path = Path(name).expanduser()
     if path.is_file():
         return _select(_read_table(path), prompt, response, str(path)), None
@@ -223,20 +213,11 @@ def _load_pairs(name: str, prompt: str, response: str) -> tuple[pd.DataFrame, pd
             _select(_read_table(test_file), prompt, response, str(test_file)) if test_file else None
         )
         return train, test
-    if path.suffix.lower() in FILE_FORMATS:
-        raise FedquadError(f"data file '{name}' not found")
-    return _load_hub(name, prompt, response)
+    raise FedquadError(f"dataset '{name}' is neither a file nor a directory")
 
 
 def _load_hub(name: str, prompt: str, response: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    try:
-        loaded = datasets.load_dataset(name)
-    except Exception as exc:  # offline, missing, gated, bad config: all one message
-        raise FedquadError(
-            f"dataset '{name}' is not a built-in prompt dataset ({', '.join(PROMPT_DATASETS)}), "
-            f"not a local file, and could not be loaded from the Hugging Face hub "
-            f"({_short_reason(exc)})"
-        ) from exc
+    loaded = load_hub_dataset(name, tuple(PROMPT_DATASETS), "a built-in prompt dataset")
     if not isinstance(loaded, datasets.DatasetDict) or "train" not in loaded:
         raise FedquadError(f"dataset '{name}' has no 'train' split; cannot use it")
 

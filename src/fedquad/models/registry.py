@@ -12,22 +12,20 @@ Built-in models ship inside pip packages so that fedquad works without network a
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import json
 import logging
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from fedquad.errors import FedquadError
+from fedquad.errors import FedquadError, did_you_mean
+from fedquad.hub import offline_reason
 
 if TYPE_CHECKING:
     # torch and transformers are imported inside functions: `fedquad models` only needs
@@ -273,29 +271,6 @@ def _rmtree(path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _offline_env() -> bool:
-    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE only once, at import.
-    values = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
-    return any((v or "").strip().upper() in {"1", "ON", "YES", "TRUE"} for v in values)
-
-
-@functools.cache
-def _hub_reachable() -> bool:
-    """Quick TCP probe of the hub, so that without network a load fails in seconds rather than
-    after ~45 s of retries per load. Assumed reachable when a proxy is configured."""
-    proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-    if any(os.environ.get(v) for v in proxies):
-        return True
-    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=3.0).close()
-    except OSError:
-        return False
-    return True
-
-
 def _short_reason(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
@@ -314,23 +289,22 @@ def _from_pretrained(factory: Callable[..., Any], name: str, **kwargs: Any) -> A
     one-line FedquadError."""
     path, kind = _locate(name)
     prefix = ""
-    if kind == "hub":
-        if _offline_env():
-            kwargs["local_files_only"] = True
-            prefix = "HF_HUB_OFFLINE is set: "
-        elif not _hub_reachable():
-            # Still allow models already in the local Hugging Face cache.
-            kwargs["local_files_only"] = True
-            prefix = "huggingface.co is unreachable: "
+    offline = offline_reason() if kind == "hub" else None
+    if offline is not None:
+        # models already in the local Hugging Face cache still load
+        kwargs["local_files_only"] = True
+        prefix = f"{offline}: "
     try:
         return factory(path, **kwargs)
     except _load_errors() as exc:
         reason = _short_reason(exc)
         if kind == "hub":
             builtins = ", ".join(BUILTIN_MODELS)
+            hint = did_you_mean(name, BUILTIN_MODELS)
             raise FedquadError(
                 f"model '{name}' is not a built-in name ({builtins}), not a local directory, "
                 f"and could not be loaded from the Hugging Face hub ({prefix}{reason})"
+                + (f"; {hint}" if hint else "")
             ) from exc
         if kind == "local":
             raise FedquadError(f"model directory '{name}' could not be loaded ({reason})") from exc

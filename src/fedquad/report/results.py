@@ -84,6 +84,14 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
     raise FedquadError(f"output_dir '{root}' has too many runs named {name!r}")
 
 
+def check_run_dir(run_dir: str | Path) -> Path:
+    """A directory a run wrote (``fedquad run --resume`` continues one), else a one-line error."""
+    path = Path(run_dir)
+    if not (path / "config.toml").is_file():
+        raise FedquadError(f"--resume {str(run_dir)!r} is not a run directory (no config.toml)")
+    return path
+
+
 def default_run_name(method: str, data: str, model: str, seed: int) -> str:
     def tidy(s: str) -> str:
         return Path(s).stem.replace("/", "_") or "data"
