@@ -62,6 +62,8 @@ def test_int_accepted_for_float_field():
         ({"train": {"local_step": 2}}, "did you mean 'local_steps'"),
         ({"data": {"test_fraction": 1.5}}, "data.test_fraction = 1.5"),
         ({"lora": {"ranks": [4, 0]}}, "lora.ranks"),
+        ({"run_name": "a/b"}, "run_name = 'a/b' is not allowed"),
+        ({"run_name": ".."}, "run_name = '..' is not allowed"),
     ],
 )
 def test_bad_values_give_one_line_errors(data, fragment):

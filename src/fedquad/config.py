@@ -534,6 +534,13 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         # Each section checked itself when it was built; what spans sections is checked here.
         _check_choice("method", self.method, method_names())
+        if self.run_name is not None and (
+            self.run_name in ("", ".", "..") or any(c in self.run_name for c in "/\\")
+        ):
+            raise FedquadError(
+                f"run_name = {self.run_name!r} is not allowed: use a plain name without '/' "
+                "(it names one sub-directory of output_dir)"
+            )
         if self.federation.robust != "none" and not method(self.method).robust_ok:
             raise FedquadError(
                 f"federation.robust = {self.federation.robust!r} does not apply to {self.method}"
