@@ -4,15 +4,19 @@ restored after, and the cost model predicts the saved bytes of checkpointed conf
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from fedquad.config import QuantConfig, TrainConfig
-from fedquad.cost.model import saved_bytes
+import fedquad
+from fedquad.config import QuantConfig, TrainConfig, load_config
+from fedquad.cost.model import CostProfile, memory_bytes, saved_bytes
 from fedquad.cost.profiler import ProfileSettings, StepTiming, profile_workload
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.models.lora import get_state, load_state
+from fedquad.report.results import read_metrics
 from fedquad.train.checkpointing import checkpointed
 from fedquad.train.local import train_local
 from helpers import make_batch
@@ -107,3 +111,56 @@ def test_predicted_saved_bytes_of_checkpointed_configs_equal_measured(minilm_lor
     assert profile.saved_bytes_bottom_checkpointed == (
         (hidden + mask.untyped_storage().nbytes(),) * parts.num_blocks
     )
+
+
+FLEET = """per_round = 3
+
+[[tier]]
+name = "roomy"
+count = 1
+slowdown = 1.0
+memory = 1.5
+
+[[tier]]
+name = "tight"
+count = 2
+slowdown = 2.0
+memory = TIGHT
+"""
+
+
+@pytest.mark.slow  # a whole run, its profile timed (the fast tests above hold the same parts)
+def test_a_checkpointing_fedlora_run_trains_what_it_planned_at_the_predicted_bytes(tmp_path):
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(FLEET.replace("TIGHT", "0.9"))
+    config = load_config(
+        None,
+        [
+            "method='fedlora'",
+            "planner.infeasible='checkpoint'",
+            "data.max_train_samples=120",
+            "data.max_test_samples=16",
+            "model.max_length=64",  # reviews shorter than this: padded, with a mask
+            "federation.rounds=1",
+            "train.local_steps=1",
+            "train.batch_size=8",
+            "train.trim_batches=false",  # the saved bytes of the configured length
+            "profile.timing='measure'",
+            "profile.timed_steps=1",
+            f"fleet.name='{fleet}'",
+            f"output_dir='{tmp_path}'",
+        ],
+    )
+    result = fedquad.run(config)
+    profile = CostProfile.from_dict(json.loads((result.run_dir / "cost_profile.json").read_text()))
+    (m,) = read_metrics(result.run_dir)
+    records = {d["device"]: d for d in m["devices"]}
+    assert sorted(records) == [0, 1, 2] and m["sat_out"] == {}
+    assert "checkpointed" not in records[0]
+    blocks = profile.num_blocks
+    for d, record in records.items():
+        planned = DeviceConfig(blocks, checkpointed=record.get("checkpointed", 0))
+        assert (d == 0) == (planned.checkpointed == 0)
+        assert record["peak_saved_bytes"] == saved_bytes(profile, planned)  # memory factor 1
+        assert record["memory_bytes"] == memory_bytes(profile, planned)
+        assert record["memory_bytes"] <= 0.9 * record["memory_budget_bytes"]
