@@ -258,6 +258,7 @@ def test_padded_batches_are_profiled_at_the_full_length_never_trimmed(workload):
     reference = profile_workload(*args, full, train, quant, settings, timing=timing)
     assert profiled.saved_bytes == reference.saved_bytes
     assert profiled.saved_bytes_bottom == reference.saved_bytes_bottom
+    assert profiled.saved_bytes_bottom_checkpointed == reference.saved_bytes_bottom_checkpointed
     # while the trainer itself cuts the same batch, and saves less
     step = _step(workload, padded, DeviceConfig(depth=6), train)
     assert step.trimmed

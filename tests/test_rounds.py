@@ -14,7 +14,13 @@ import torch
 from fedquad.api import summarize
 from fedquad.config import FaultConfig, FederationConfig, PlannerConfig, load_config
 from fedquad.cost.fleet import FleetSpec, Tier, devices_for_round
-from fedquad.cost.model import CostProfile, full_footprint, memory_bytes, step_seconds
+from fedquad.cost.model import (
+    CostProfile,
+    full_footprint,
+    memory_bytes,
+    saved_bytes,
+    step_seconds,
+)
 from fedquad.device_config import DeviceConfig
 from fedquad.server.checkpoint import Checkpoint
 from fedquad.server.configure import RoundSettings, assigned_names
@@ -195,6 +201,163 @@ def test_offline_devices_are_counted_and_not_sampled():
         online = [d.id for d in devices_for_round(fleet(availability=0.5), 1, 0, r) if d.available]
         assert m["sampled"] == online and m["offline"] == 4 - len(online)
     assert any(m["offline"] for m in outcome.metrics)
+
+
+# --------------------------------------------------------------------------- planner.infeasible
+
+CHECKPOINTED = dataclasses.replace(
+    PROFILE, saved_bytes_checkpointed=(300, 400), saved_bytes_bottom_checkpointed=(350, 450)
+)
+"""PROFILE with the bytes a checkpointed block keeps: M(L, 0) needs 1.0 of the footprint, one
+checkpointed block about 0.88 of it, both about 0.67."""
+
+
+def memory_ladder() -> FleetSpec:
+    """Devices 0-3 with room for full depth with no, one, two and not even two checkpointed
+    blocks (after the margin κ = 0.1); device 3 is also three times slower."""
+    tiers = (
+        Tier("k0", 1, 1.0, memory=1.2),
+        Tier("k1", 1, 1.0, memory=1.0),
+        Tier("k2", 1, 1.0, memory=0.8),
+        Tier("none", 1, 3.0, memory=0.5),
+    )
+    return FleetSpec(tiers=tiers, per_round=4)
+
+
+def run_infeasible(mode: str, executor: FakeExecutor, method: str = "fedlora", rounds: int = 1):
+    spec = dataclasses.replace(
+        settings(method, rounds=rounds), planner=PlannerConfig(infeasible=mode)
+    )
+    return run_rounds(spec, memory_ladder(), CHECKPOINTED, BLOCKS, executor, global_state())
+
+
+def test_the_memory_ladder_is_what_the_infeasible_tests_assume():
+    footprint = full_footprint(CHECKPOINTED, RANK)
+    budgets = [d.memory_budget_bytes for d in devices_for_round(memory_ladder(), footprint, 0, 1)]
+    needs = [memory_bytes(CHECKPOINTED, DeviceConfig(BLOCKS, checkpointed=k)) for k in (0, 1, 2)]
+    fits = [[need <= 0.9 * budget for need in needs] for budget in budgets]
+    assert fits == [[True] * 3, [False, True, True], [False, False, True], [False] * 3]
+
+
+def test_checkpoint_gives_each_device_the_fewest_checkpointed_blocks_that_fit():
+    executor = FakeExecutor()
+    (m,) = run_infeasible("checkpoint", executor).metrics
+    sent = {ins.device_id: ins.config for ins in executor.sent[0]}
+    assert sent == {d: DeviceConfig(BLOCKS, checkpointed=d) for d in (0, 1, 2)}
+    assert list(m["sat_out"]) == ["3"]
+    assert "with 2 checkpointed blocks" in m["sat_out"]["3"] and "memory" in m["sat_out"]["3"]
+    records = devices_of(m)
+    assert "checkpointed" not in records[0]
+    assert [records[d]["checkpointed"] for d in (1, 2)] == [1, 2]
+    for d, record in records.items():
+        assert "over_budget" not in record
+        assert record["memory_bytes"] == memory_bytes(CHECKPOINTED, sent[d])
+        # one more forward per checkpointed block
+        compute = STEPS * step_seconds(CHECKPOINTED, sent[d], 1.0)
+        assert compute == pytest.approx(STEPS * (step_seconds(PROFILE, sent[0]) + d * PROFILE.f))
+        assert record["compute_seconds"] == pytest.approx(compute)
+    totals = [r["compute_seconds"] + r["download_seconds"] + r["upload_seconds"]
+              for r in records.values()]  # fmt: skip
+    assert m["virtual_seconds"] == pytest.approx(max(totals))  # nobody waits for device 3
+
+
+def test_ignore_trains_and_waits_for_every_device_and_marks_who_is_over_budget():
+    executor = FakeExecutor()
+    (m,) = run_infeasible("ignore", executor).metrics
+    assert {ins.device_id: ins.config for ins in executor.sent[0]} == {
+        d: DeviceConfig(BLOCKS) for d in range(4)
+    }
+    assert m["sat_out"] == {} and sorted(devices_of(m)) == [0, 1, 2, 3]
+    assert {d: r.get("over_budget", False) for d, r in devices_of(m).items()} == {
+        0: False,
+        1: True,
+        2: True,
+        3: True,
+    }
+    # the slowest device, which cannot hold the config, is waited for
+    assert m["straggler"] == 3
+    slow = devices_of(m)[3]
+    total = slow["compute_seconds"] + slow["download_seconds"] + slow["upload_seconds"]
+    assert m["virtual_seconds"] == pytest.approx(total)
+    assert slow["compute_seconds"] == pytest.approx(
+        STEPS * step_seconds(CHECKPOINTED, DeviceConfig(BLOCKS), 3.0)
+    )
+
+
+def test_sit_out_trains_only_the_devices_that_fit():
+    executor = FakeExecutor()
+    (m,) = run_infeasible("sit-out", executor).metrics
+    assert [ins.device_id for ins in executor.sent[0]] == [0]
+    assert sorted(m["sat_out"]) == ["1", "2", "3"] and sorted(devices_of(m)) == [0]
+    assert all("checkpointed" not in reason for reason in m["sat_out"].values())
+
+
+def test_ignore_consults_no_memory_factor_but_sit_out_does():
+    # device 0 reports three times the saved bytes predicted: the server then plans it as if
+    # its budget were that much smaller, except where memory is not enforced
+    predicted = saved_bytes(CHECKPOINTED, DeviceConfig(BLOCKS))
+
+    def respond(ins):
+        more = {"peak_saved_bytes": 3 * predicted} if ins.device_id == 0 else {}
+        return trained(ins, **more)
+
+    second = {}
+    for mode in ("sit-out", "ignore"):
+        outcome = run_infeasible(mode, FakeExecutor(respond), rounds=2)
+        assert outcome.capacity.memory_factor(0) == pytest.approx(3.0)
+        second[mode] = outcome.metrics[1]
+    assert "0" in second["sit-out"]["sat_out"]
+    assert "over_budget" not in devices_of(second["ignore"])[0]  # its declared budget holds it
+
+
+def test_ignore_consults_no_memory_ceiling():
+    first = run_infeasible("ignore", FakeExecutor())
+    first.capacity.observe_out_of_memory(0, 1.0)  # below any config
+    resume = Checkpoint(1, first.state, first.clock, first.capacity, 0.0)
+    spec = dataclasses.replace(
+        settings("fedlora", rounds=2), planner=PlannerConfig(infeasible="ignore")
+    )
+    executor = FakeExecutor()
+    outcome = run_rounds(
+        spec, memory_ladder(), CHECKPOINTED, BLOCKS, executor, global_state(), resume=resume
+    )
+    (m,) = outcome.metrics
+    assert 0 in devices_of(m) and "over_budget" not in devices_of(m)[0]
+
+
+def test_hetlora_ranks_by_speed_alone_when_memory_is_ignored_and_checkpoints_who_would_sit_out():
+    by_mode = {}
+    for mode in ("ignore", "checkpoint", "sit-out"):
+        executor = FakeExecutor()
+        (m,) = run_infeasible(mode, executor, "hetlora").metrics
+        sent = {ins.device_id: ins.config for ins in executor.sent[0]}
+        by_mode[mode] = (sent, m)
+    # ranks {1, 2, 4} (r = 2); device 3 is three times slower: the smallest rank by speed
+    sent, m = by_mode["ignore"]
+    assert {d: (c.rank, c.checkpointed) for d, c in sent.items()} == {
+        0: (4, 0),
+        1: (4, 0),
+        2: (4, 0),
+        3: (1, 0),
+    }
+    assert m["sat_out"] == {} and [d for d, r in devices_of(m).items() if "over_budget" in r] == [
+        1,
+        2,
+        3,
+    ]
+    sent, m = by_mode["checkpoint"]  # who no rank fits trains the smallest, checkpointing
+    assert {d: (c.rank, c.checkpointed) for d, c in sent.items()} == {
+        0: (4, 0),
+        1: (1, 1),
+        2: (1, 2),
+    }
+    assert list(m["sat_out"]) == ["3"] and "at rank 1" in m["sat_out"]["3"]
+    sent, m = by_mode["sit-out"]
+    assert {d: c.rank for d, c in sent.items()} == {0: 4} and sorted(m["sat_out"]) == [
+        "1",
+        "2",
+        "3",
+    ]
 
 
 # --------------------------------------------------------------------------- drops and deadlines

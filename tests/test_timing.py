@@ -14,7 +14,7 @@ import torch
 
 import fedquad
 from fedquad.config import QuantConfig, TrainConfig, load_config
-from fedquad.cost.profiler import PROFILE_VERSION, ProfileSettings, StepTiming, profile_workload
+from fedquad.cost.profiler import TIMING_VERSION, ProfileSettings, StepTiming, profile_workload
 from fedquad.cost.timing import (
     TIMING_DIR_ENV,
     TimingSource,
@@ -76,7 +76,7 @@ def test_reference_keys_leave_out_the_host_and_timing_free_fields():
     assert key == _key(_fields(timed_steps=1, profiled_bits=[8]))
     assert key != _key(_fields(batch_size=8))
     assert key["precision"] == "fp32" and key["device"] == "cpu" and key["measure_threads"] == 1
-    assert key["profile_version"] == PROFILE_VERSION
+    assert key["profile_version"] == TIMING_VERSION
     assert key != _key(_fields(), precision="bf16")
     assert "dataset" not in key  # a classifier's time does not depend on its data
     lm = _key(_fields(task="causal-lm"), task="causal-lm", dataset="alpaca")

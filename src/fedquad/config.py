@@ -21,6 +21,7 @@ from fedquad.errors import FedquadError, did_you_mean, unknown_key
 from fedquad.methods_registry import method, method_names
 
 Deadline = Literal["anchored", "search", "adaptive"]
+Infeasible = Literal["ignore", "checkpoint", "sit-out"]
 Robust = Literal["none", "median", "trimmed-mean"]
 RankDistribution = Literal["halving", "uniform", "linear"]
 Engine = Literal["local", "flower-sim", "flower"]
@@ -35,6 +36,7 @@ TrainDevice = Literal["auto", "cpu", "cuda", "mps"]
 
 # The allowed values as tuples, for messages and for callers that list them.
 DEADLINES: tuple[Deadline, ...] = typing.get_args(Deadline)
+INFEASIBLE_CHOICES: tuple[Infeasible, ...] = typing.get_args(Infeasible)
 ROBUST_CHOICES: tuple[Robust, ...] = typing.get_args(Robust)
 RANK_DISTRIBUTIONS: tuple[RankDistribution, ...] = typing.get_args(RankDistribution)
 ENGINES: tuple[Engine, ...] = typing.get_args(Engine)
@@ -357,9 +359,17 @@ class PlannerConfig:
     """LEGEND's global depth ``D`` (default ``⌈L/2⌉``)."""
     hetlora_ranks: list[int] | None = None
     """Ranks HetLoRA and FlexLoRA choose from (default ``r/4, r/2, r, 2r``)."""
+    infeasible: Infeasible = "sit-out"
+    """What a device does whose memory cannot hold the method's config (fedlora, hetlora,
+    flexlora; docs/methods.md §4.4): ``sit-out`` (it does not train, the round does not wait),
+    ``ignore`` (memory is not enforced: it trains and is waited for, recorded ``over_budget``)
+    or ``checkpoint`` (it checkpoints the activations of the fewest of its lowest unquantized
+    blocks that make it fit). The other methods fit every config to memory: with them any
+    value but ``sit-out`` is an error."""
 
     def __post_init__(self) -> None:
         _check_choice("planner.deadline", self.deadline, DEADLINES)
+        _check_choice("planner.infeasible", self.infeasible, INFEASIBLE_CHOICES)
         _check_choice("planner.rank_distribution", self.rank_distribution, RANK_DISTRIBUTIONS)
         if not self.epsilon >= 0:
             raise FedquadError(f"planner.epsilon = {self.epsilon!r}: use a number >= 0")
@@ -540,6 +550,13 @@ class ExperimentConfig:
             raise FedquadError(
                 f"run_name = {self.run_name!r} is not allowed: use a plain name without '/' "
                 "(it names one sub-directory of output_dir)"
+            )
+        if self.planner.infeasible != "sit-out" and method(self.method).adaptive:
+            fixed = ", ".join(m for m in method_names() if not method(m).adaptive)
+            raise FedquadError(
+                f"planner.infeasible = {self.planner.infeasible!r} does not apply to "
+                f"{self.method}: it fits every device's config to its memory; use it with "
+                f"{fixed}, or leave it sit-out"
             )
         if self.federation.robust != "none" and not method(self.method).robust_ok:
             raise FedquadError(

@@ -23,6 +23,10 @@ class DeviceConfig:
     blocks: tuple[int, ...] | None = None
     """FedRA: the LoRA blocks trained, not necessarily consecutive (sorted; the lowest is
     ``L-depth``). None: every block of the span."""
+    checkpointed: int = 0
+    """``k``: how many trained blocks run under activation checkpointing (each keeps only its
+    input and recomputes its forward in backward): the lowest ``k`` that are not quantized
+    (docs/methods.md §4.4)."""
 
     def trained_blocks(self, num_blocks: int) -> list[int]:
         if self.blocks is not None:
@@ -35,10 +39,18 @@ class DeviceConfig:
             return trained[len(trained) - self.quantized :]
         return trained[: self.quantized]
 
+    def checkpointed_blocks(self, num_blocks: int) -> list[int]:
+        """The lowest ``checkpointed`` trained blocks that are not quantized: a checkpointed
+        block's saved tensors are only its input, so there is nothing to quantize in it."""
+        quantized = set(self.quantized_blocks(num_blocks))
+        free = [b for b in self.trained_blocks(num_blocks) if b not in quantized]
+        return free[: self.checkpointed]
+
     def as_dict(self) -> dict[str, Any]:
-        """The fields set (None left out, tuples as lists): JSON- and message-ready."""
+        """The fields set (None and no checkpointed blocks left out, tuples as lists): JSON-
+        and message-ready."""
         return {
             k: list(v) if isinstance(v, tuple) else v
             for k, v in asdict(self).items()
-            if v is not None
+            if v is not None and not (k == "checkpointed" and v == 0)
         }

@@ -51,7 +51,8 @@ class Method:
     of its own kind (the device's memory estimate is still corrected for later rounds)."""
     adaptive: bool = True
     """Whether the planner fits each device's config to its memory; a non-adaptive method
-    gives every device the same kind of config, and a device that cannot hold it sits out."""
+    gives every device the same kind of config, and ``planner.infeasible`` says what a device
+    that cannot hold it does (sits out, by default)."""
     robust_ok: bool = True
     """Whether ``federation.robust`` applies: not to devices that send rank-truncated tensors."""
     baseline: bool = False

@@ -1,8 +1,9 @@
 """The cost model of docs/methods.md §3: memory, step time, communication, round time of a config.
 
 Everything here is a pure function of a :class:`CostProfile` (measured once on the host per model,
-task, batch, sequence length and LoRA structure) and a device config ``(d, q)``. Blocks are indexed
-``0 … L-1`` from the input; a device of depth ``d`` trains blocks ``L-d … L-1``.
+task, batch, sequence length and LoRA structure) and a device config ``(d, q, k)``: depth,
+quantized and checkpointed blocks. Blocks are indexed ``0 … L-1`` from the input; a device of
+depth ``d`` trains blocks ``L-d … L-1``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ class CostProfile:
     bit widths missing here fall back to ``ρ_β·A_l``."""
     saved_bytes_bottom_quantized: dict[int, tuple[int, ...]] = field(default_factory=dict)
     """The same for block ``l`` as the lowest block of the span."""
+    saved_bytes_checkpointed: tuple[int, ...] = ()
+    """Measured ``A_l`` of a checkpointed block: only what the checkpoint keeps to recompute
+    the block's forward in backward (its inputs). Empty: checkpointed configs are not priced."""
+    saved_bytes_bottom_checkpointed: tuple[int, ...] = ()
+    """The same for block ``l`` as the lowest checkpointed block: the first to keep the tensors
+    every block is given (BERT's attention mask), which the blocks above then share."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     """Free-form provenance (model name, b, s, host); not used by the model."""
 
@@ -70,7 +77,7 @@ class CostProfile:
         n = self.num_blocks
         if n < 1:
             raise FedquadError(f"cost profile num_blocks = {n} is not allowed: use >= 1")
-        for name in ("lora_ranks", "saved_bytes_path"):
+        for name in _OPTIONAL_PER_BLOCK:
             values = getattr(self, name)
             if values and (len(values) != n or any(v < 0 for v in values)):
                 raise FedquadError(
@@ -103,7 +110,8 @@ class CostProfile:
         data["quant_ratio"] = {str(k): v for k, v in self.quant_ratio.items()}
         for name in ("lora_params", "saved_bytes", "saved_bytes_bottom", "lora_ranks"):
             data[name] = list(data[name])
-        data["saved_bytes_path"] = list(data["saved_bytes_path"])
+        for name in _OPTIONAL_PER_BLOCK:
+            data[name] = list(data[name])
         for name in ("saved_bytes_quantized", "saved_bytes_bottom_quantized"):
             data[name] = {str(k): list(v) for k, v in data[name].items()}
         return data
@@ -121,11 +129,20 @@ class CostProfile:
         values["quant_ratio"] = {int(k): float(v) for k, v in data["quant_ratio"].items()}
         for name in ("lora_params", "saved_bytes", "saved_bytes_bottom"):
             values[name] = tuple(int(v) for v in data[name])
-        for name in ("lora_ranks", "saved_bytes_path"):
+        for name in _OPTIONAL_PER_BLOCK:
             values[name] = tuple(int(v) for v in data.get(name, ()))
         for name in ("saved_bytes_quantized", "saved_bytes_bottom_quantized"):
             values[name] = {int(k): tuple(int(x) for x in v) for k, v in data.get(name, {}).items()}
         return cls(**values)
+
+
+_OPTIONAL_PER_BLOCK = (
+    "lora_ranks",
+    "saved_bytes_path",
+    "saved_bytes_checkpointed",
+    "saved_bytes_bottom_checkpointed",
+)
+"""Per-block profile fields that older profiles may lack (empty there)."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +243,7 @@ def _memory_of(
     bits: int,
     trained: set[int] | None = None,
     rank: int | None = None,
+    checkpointed: frozenset[int] = frozenset(),
 ) -> int:
     trained = set(span) if trained is None else trained
     # Trained LoRA: weight + grad (fp32) + optimizer state; other LoRA: weight only.
@@ -235,7 +253,7 @@ def _memory_of(
         for block in range(profile.num_blocks)
     )
     fixed = profile.frozen_weight_bytes + profile.slack_bytes
-    return fixed + lora + _saved_of(profile, span, quant, bits, trained)
+    return fixed + lora + _saved_of(profile, span, quant, bits, trained, checkpointed)
 
 
 def _params(profile: CostProfile, block: int, rank: int | None) -> int:
@@ -252,11 +270,17 @@ def _params(profile: CostProfile, block: int, rank: int | None) -> int:
 
 
 def _saved_of(
-    profile: CostProfile, span: range, quant: set[int], bits: int, trained: set[int] | None = None
+    profile: CostProfile,
+    span: range,
+    quant: set[int],
+    bits: int,
+    trained: set[int] | None = None,
+    checkpointed: frozenset[int] = frozenset(),
 ) -> int:
     """``Σ_{l∈S\\Q} A_l + ρ_β·Σ_{l∈Q} A_l + A_head``: every saved-activation term of §3.
 
-    Where the profile measured a block's quantized bytes at ``bits`` they replace ``ρ_β·A_l``.
+    Where the profile measured a block's quantized bytes at ``bits`` they replace ``ρ_β·A_l``;
+    a checkpointed block is charged the measured bytes of its kept inputs instead of ``A_l``.
     """
     exact = profile.saved_bytes_quantized.get(bits) if quant else None
     exact_bottom = profile.saved_bytes_bottom_quantized.get(bits) if quant else None
@@ -267,6 +291,15 @@ def _saved_of(
         saved = profile.saved_bytes_bottom[block] if bottom else profile.saved_bytes[block]
         if trained is not None and block not in trained:
             total += profile.saved_bytes_path[block] if profile.saved_bytes_path else saved
+        elif block in checkpointed:
+            # the lowest checkpointed block is the first to keep what every block is given
+            first = block == min(checkpointed)
+            kept = (
+                profile.saved_bytes_bottom_checkpointed
+                if first
+                else profile.saved_bytes_checkpointed
+            )
+            total += kept[block]
         elif block not in quant:
             total += saved
         elif exact is not None and exact_bottom is not None:
@@ -286,7 +319,8 @@ def memory_bytes(profile: CostProfile, config: DeviceConfig) -> int:
     optimizer state for the head.
     """
     span, trained, quant = _config_sets(profile, config)
-    return _memory_of(profile, span, quant, config.bits, trained, config.rank)
+    checkpointed = _checkpointed_set(profile, config)
+    return _memory_of(profile, span, quant, config.bits, trained, config.rank, checkpointed)
 
 
 def _config_sets(profile: CostProfile, config: DeviceConfig) -> tuple[range, set[int], set[int]]:
@@ -307,6 +341,31 @@ def _config_sets(profile: CostProfile, config: DeviceConfig) -> tuple[range, set
     return span, trained, set(config.quantized_blocks(profile.num_blocks))
 
 
+def _checkpointed_count(profile: CostProfile, config: DeviceConfig) -> int:
+    """``k``, validated: at most the trained blocks that are not quantized."""
+    k = config.checkpointed
+    free = len(config.trained_blocks(profile.num_blocks)) - config.quantized
+    if k != 0 and not 0 <= k <= free:
+        raise FedquadError(
+            f"checkpointed blocks k = {k} is not allowed: use 0 to the {free} trained blocks "
+            "that are not quantized"
+        )
+    return k
+
+
+def _checkpointed_set(profile: CostProfile, config: DeviceConfig) -> frozenset[int]:
+    """The checkpointed blocks, by the trainer's own rule; validated, and priced by the
+    profile."""
+    if _checkpointed_count(profile, config) == 0:
+        return frozenset()
+    if not (profile.saved_bytes_checkpointed and profile.saved_bytes_bottom_checkpointed):
+        raise FedquadError(
+            "this cost profile has no checkpointed bytes: it cannot price checkpointed "
+            "blocks (profile the workload again)"
+        )
+    return frozenset(config.checkpointed_blocks(profile.num_blocks))
+
+
 def saved_bytes(profile: CostProfile, config: DeviceConfig) -> int:
     """Bytes ``config`` saves for backward in one step: the activation terms of ``M_i(d, q)``.
 
@@ -314,7 +373,8 @@ def saved_bytes(profile: CostProfile, config: DeviceConfig) -> int:
     total; comparing this with a measured total gives a device's memory factor.
     """
     span, trained, quant = _config_sets(profile, config)
-    return _saved_of(profile, span, quant, config.bits, trained)
+    checkpointed = _checkpointed_set(profile, config)
+    return _saved_of(profile, span, quant, config.bits, trained, checkpointed)
 
 
 def step_seconds(
@@ -323,16 +383,23 @@ def step_seconds(
     slowdown: float = 1.0,
     composition: StepComposition | None = None,
 ) -> float:
-    """``t_i(d, q) = σ·(L·f + d·g + q·o + c)``: one local step.
+    """``t_i(d, q, k) = σ·(L·f + d·g + q·o + k·f + c)``: one local step.
 
-    With a tier's ``composition`` the same full-depth step ``σ·(L·f + L·g + c)`` is split by the
-    tier's shares instead of the host's: ``σ·T_full·(F + C + d·g' + q·o')`` with
-    ``g' = (1 - F - C)/L`` and ``o' = quant_overhead·g'`` (docs/methods.md §6)."""
+    Each of the ``k`` checkpointed blocks runs its forward once more in backward: one more
+    ``f`` (docs/methods.md §4.4). With a tier's ``composition`` the same full-depth step
+    ``σ·(L·f + L·g + c)`` is split by the tier's shares instead of the host's:
+    ``σ·T_full·(F + C + d·g' + q·o' + k·F/L)`` with ``g' = (1 - F - C)/L`` and
+    ``o' = quant_overhead·g'`` (docs/methods.md §6)."""
     _quantized_set(_span(profile, config.depth), config.quantized, config.quant_position)
+    k = _checkpointed_count(profile, config)
     n = profile.num_blocks
     if composition is None:
         return slowdown * (
-            n * profile.f + config.depth * profile.g + config.quantized * profile.o + profile.c
+            n * profile.f
+            + config.depth * profile.g
+            + config.quantized * profile.o
+            + k * profile.f
+            + profile.c
         )
     full = n * profile.f + n * profile.g + profile.c
     backward = (1 - composition.forward - composition.fixed) / n
@@ -341,6 +408,7 @@ def step_seconds(
         + composition.fixed
         + config.depth * backward
         + config.quantized * composition.quant_overhead * backward
+        + k * composition.forward / n
     )
     return slowdown * full * share
 
@@ -410,8 +478,9 @@ def full_footprint(profile: CostProfile, rank: int | None = None) -> int:
 def fewest_that_fit(memory: Callable[[int], float], limit: float, most: int) -> int | None:
     """The fewest ``k`` in ``0 … most`` with ``memory(k) ≤ limit``, or None if none does.
 
-    ``k`` is whatever lowers memory as it grows (quantized blocks of a depth): the planner's
-    ``q_min`` and :func:`min_quantized` both search with it.
+    ``k`` is whatever lowers memory as it grows (quantized blocks of a depth, checkpointed
+    blocks of a config): the planner's ``q_min``, :func:`min_quantized` and a baseline's
+    checkpointed blocks (``planner.infeasible = "checkpoint"``) all search with it.
     """
     for k in range(most + 1):
         if memory(k) <= limit:

@@ -7,7 +7,8 @@ Everything the cost model needs is measured on this host with the trainer itself
   step at every depth ``1 … D`` (block ``L-d`` is then the bottom of the span, which saves less
   than a block with a trainable block below it). Quantized bytes follow exactly from the sizes
   of the storages quantization would compress (``SavedBytes.quantized_per_block``), so no
-  quantized step is needed for them;
+  quantized step is needed for them; and one step at every depth with every block of the span
+  checkpointed, for the bytes a checkpointed block keeps (its inputs);
 - the time terms by timing real steps at depths ``1, ⌈D/2⌉, D`` unquantized and at depth ``D``
   with every block quantized, fitting ``g``, ``o`` and ``L·f + c``; ``f`` is the mean forward
   time of a frozen block, timed with block hooks.
@@ -57,8 +58,12 @@ from fedquad.train.placement import model_device, synchronize
 from fedquad.train.quantizer import QuantSpec
 from fedquad.train.saved_tensors import HEAD, SavedBytes
 
-PROFILE_VERSION = 6
+PROFILE_VERSION = 7
 """Bump when what the profiler measures changes: old cache entries are then ignored."""
+TIMING_VERSION = 6
+"""Bump when what the time terms measure changes. Reference timings carry it in their key (as
+``profile_version``, the name they were written under), so a change to the measured bytes alone
+(7: checkpointed blocks) leaves the shipped references valid."""
 
 TIMING_FREE = ("ranks", "lora_alpha", "lora_scale")
 """Key fields the step times are shared across. A rank of 16 or 24 instead of 8 changed a
@@ -141,6 +146,11 @@ def profile_workload(
             d: _saved_at_depth(model, parts, structure, batch, train, quant, d)
             for d in range(1, top + 1)
         }
+        padded = _padded(batch)
+        recomputed = {
+            d: _saved_at_depth(model, parts, structure, padded, train, quant, d, checkpointed=d)
+            for d in range(1, top + 1)
+        }
         if timing is None:
             timing = _fit_timing(
                 *_time_steps(model, parts, structure, batch, train, quant, settings), num_blocks
@@ -150,6 +160,7 @@ def profile_workload(
         torch.set_rng_state(rng)
 
     mid, bottom = _per_block(saved, num_blocks, lambda s: s.per_block)
+    kept, kept_bottom = _per_block(recomputed, num_blocks, lambda s: s.per_block)
     quantized: dict[int, tuple[int, ...]] = {}
     quantized_bottom: dict[int, tuple[int, ...]] = {}
     for bits in settings.bits:
@@ -185,6 +196,8 @@ def profile_workload(
         saved_bytes_path=path,
         saved_bytes_quantized=quantized,
         saved_bytes_bottom_quantized=quantized_bottom,
+        saved_bytes_checkpointed=kept,
+        saved_bytes_bottom_checkpointed=kept_bottom,
         extra={"timed": [list(t) for t in timing.timed], "lora_depth": top},
     )
 
@@ -216,12 +229,23 @@ def _saved_at_depth(
     train: TrainConfig,
     quant: QuantConfig,
     depth: int,
+    checkpointed: int = 0,
 ) -> SavedBytes:
-    config = DeviceConfig(depth=depth, quantized=0, bits=quant.bits)
+    config = DeviceConfig(depth=depth, quantized=0, bits=quant.bits, checkpointed=checkpointed)
     batch_train = dataclasses.replace(train, batch_size=len(batch["labels"]))
     return train_local(
         model, parts, structure, batch, config, _one_step(batch_train), 0, quant
     ).saved
+
+
+def _padded(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` with its last sample's last token masked. A checkpointed block keeps the inputs
+    it is given, and BERT gives its blocks an attention mask only when some sample is padded:
+    measured on a padded batch whatever the data, the bytes are those of the common case and
+    never below a run's."""
+    mask = batch["attention_mask"].clone()
+    mask[-1, -1] = 0
+    return {**batch, "attention_mask": mask}
 
 
 def _saved_on_path(
@@ -398,6 +422,7 @@ def cached_profile(
     if stored is not None:
         return stored, path, False
     timing_key = {k: v for k, v in key.items() if k not in TIMING_FREE}
+    timing_key["profile_version"] = TIMING_VERSION  # new bytes alone keep the time terms
     timing_path = _entry_path(cache_root / "timings", timing_key)
     timing = None if refresh else _read_entry(timing_path, timing_key, StepTiming.from_dict)
     profile = measure(timing)

@@ -26,7 +26,7 @@ from torch import nn
 from fedquad.config import QuantConfig, TrainConfig
 from fedquad.cost.model import CostProfile
 from fedquad.cost.profiler import (
-    PROFILE_VERSION,
+    TIMING_VERSION,
     StepTiming,
     _block_forward_timer,
     _fit_timing,
@@ -111,7 +111,7 @@ def reference_key(fields: dict[str, Any], precision: str, device: str, threads: 
         "precision": precision,
         "device": device,
         "measure_threads": threads,
-        "profile_version": PROFILE_VERSION,
+        "profile_version": TIMING_VERSION,  # the time terms' version, under its first name
     }
 
 

@@ -107,8 +107,11 @@ class PlanContext:
     def no_fit_reason(self, device: Device, config: DeviceConfig) -> str:
         need = self.cost(config).memory / MIB
         what = f"depth {config.depth}"
-        if config.quantized:
-            what += f" with {config.quantized} quantized blocks"
+        kinds = [f"{config.quantized} quantized"] if config.quantized else []
+        if config.checkpointed:
+            kinds.append(f"{config.checkpointed} checkpointed")
+        if kinds:
+            what += f" with {' and '.join(kinds)} blocks"
         if config.rank is not None:
             what += f" at rank {config.rank}"
         return (
@@ -123,5 +126,8 @@ class Plan:
     """Config of every device that trains this round."""
     sat_out: dict[int, str] = field(default_factory=dict)
     """Devices that cannot train this round, with the reason."""
+    over_budget: set[int] = field(default_factory=set)
+    """Devices that train a config their memory cannot hold (``planner.infeasible =
+    "ignore"``)."""
     deadline: float | None = None
     """The round deadline the planner worked to, where it has one (seconds)."""

@@ -3,6 +3,7 @@ them, and each method's global LoRA structure."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from fedquad.config import PlannerConfig
 from fedquad.cost.fleet import Device
-from fedquad.cost.model import deepest_that_fits
+from fedquad.cost.model import deepest_that_fits, fewest_that_fit
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.methods_registry import FallbackName, PlannerName, method
@@ -43,9 +44,37 @@ def fallback_depth_only(
     return fallback_option(device, ctx, False, failed)
 
 
+def place(plan: Plan, device: Device, config: DeviceConfig, ctx: PlanContext) -> None:
+    """A non-adaptive method's device trains ``config`` if it fits; else what
+    ``planner.infeasible`` says (docs/methods.md §4.4): it sits out with the reason
+    (``sit-out``), trains ``config`` anyway, over budget (``ignore``), or trains it with the
+    fewest of its lowest unquantized blocks checkpointed that fit (``checkpoint``), sitting out
+    if even all of them do not."""
+    mode = ctx.options.infeasible
+    if ctx.fits(device, config):
+        plan.configs[device.id] = config
+    elif mode == "ignore":
+        plan.configs[device.id] = config
+        plan.over_budget.add(device.id)
+    elif mode == "checkpoint":
+        most = len(config.trained_blocks(ctx.profile.num_blocks)) - config.quantized
+        k = fewest_that_fit(
+            lambda k: ctx.cost(dataclasses.replace(config, checkpointed=k)).memory,
+            ctx.limit(device),
+            most,
+        )
+        if k is None:
+            every = dataclasses.replace(config, checkpointed=most)
+            plan.sat_out[device.id] = ctx.no_fit_reason(device, every)
+        else:
+            plan.configs[device.id] = dataclasses.replace(config, checkpointed=k)
+    else:
+        plan.sat_out[device.id] = ctx.no_fit_reason(device, config)
+
+
 def plan_fedlora(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
     """FedLoRA: every device trains the full global depth (quantized only if ``quant.blocks``
-    asks); a device whose memory cannot hold that sits the round out."""
+    asks); a device whose memory cannot hold that does what ``planner.infeasible`` says."""
     config = DeviceConfig(
         depth=ctx.lora_depth,
         quantized=min(ctx.quant.blocks, ctx.lora_depth),
@@ -54,10 +83,7 @@ def plan_fedlora(devices: list[Device], ctx: PlanContext, rng: np.random.Generat
     )
     plan = Plan(configs={})
     for device in devices:
-        if ctx.fits(device, config):
-            plan.configs[device.id] = config
-        else:
-            plan.sat_out[device.id] = ctx.no_fit_reason(device, config)
+        place(plan, device, config, ctx)
     return plan
 
 
@@ -70,22 +96,23 @@ def hetlora_ranks(options: PlannerConfig, rank: int) -> list[int]:
 def plan_hetlora(devices: list[Device], ctx: PlanContext, rng: np.random.Generator) -> Plan:
     """HetLoRA / FlexLoRA: full depth, a rank per device by capability (ours: by speed, the
     ``⌈4/σ⌉``-th of the four ranks, capped at the fastest; then the largest that fits memory).
+
+    With ``planner.infeasible = "ignore"`` memory is not tested: the rank is the speed's alone.
+    A device that no rank fits does what ``planner.infeasible`` says at the smallest rank
+    (ours: with ``checkpoint``, exactly the devices that would sit out train, checkpointing).
     """
     ranks = hetlora_ranks(ctx.options, ctx.base_rank)
     plan = Plan(configs={})
     for device in devices:
         speed = min(1.0, 1.0 / device.slowdown)
         top = min(len(ranks), max(1, math.ceil(speed * len(ranks))))
-        chosen = None
-        for rank in reversed(ranks[:top]):
-            config = DeviceConfig(depth=ctx.lora_depth, rank=rank)
-            if ctx.fits(device, config):
-                chosen = config
-                break
+        allowed = [DeviceConfig(depth=ctx.lora_depth, rank=r) for r in reversed(ranks[:top])]
+        if ctx.options.infeasible == "ignore":
+            place(plan, device, allowed[0], ctx)
+            continue
+        chosen = next((config for config in allowed if ctx.fits(device, config)), None)
         if chosen is None:
-            plan.sat_out[device.id] = ctx.no_fit_reason(
-                device, DeviceConfig(depth=ctx.lora_depth, rank=ranks[0])
-            )
+            place(plan, device, DeviceConfig(depth=ctx.lora_depth, rank=ranks[0]), ctx)
         else:
             plan.configs[device.id] = chosen
     return plan

@@ -115,7 +115,9 @@ class RoundPlanner:
             self.fleet.per_round, capacity.failure_rate, self.settings.federation.over_selection
         )
         sampled = sample_available(devices, min(wanted, len(devices)), seed, r)
-        estimates = {d: _estimate(capacity, devices[d], self.ctx) for d in sampled}
+        # memory not enforced: the planner needs no memory corrections
+        corrected = self.settings.planner.infeasible != "ignore"
+        estimates = {d: _estimate(capacity, devices[d], self.ctx, corrected) for d in sampled}
         rng = np.random.default_rng([seed, r, _PLANNER_STREAM])
         plan = plan_round(self.settings.method, list(estimates.values()), self.ctx, rng)
         return RoundPlan(devices=devices, sampled=sampled, estimates=estimates, plan=plan)
@@ -199,14 +201,19 @@ def device_tensors(state: State, config: DeviceConfig, num_blocks: int) -> State
     return {n: rank_slice(n, t, config.rank) if n in trained else t for n, t in state.items()}
 
 
-def _estimate(capacity: CapacityEstimator, declared: Device, ctx: PlanContext) -> Device:
+def _estimate(
+    capacity: CapacityEstimator, declared: Device, ctx: PlanContext, memory: bool = True
+) -> Device:
     """The server's view of a device: its declared profile corrected by what it reported.
 
     A device whose saved activations turned out larger than predicted (``memory_factor > 1``)
     is planned as if its budget were that much smaller; one that ran out of memory, with a
-    budget that holds only configs predicted to need less than the one that failed.
+    budget that holds only configs predicted to need less than the one that failed. Without
+    ``memory`` the budget is the declared one (``planner.infeasible = "ignore"``).
     """
     estimate = capacity.estimate(declared)
+    if not memory:
+        return estimate
     budget = estimate.memory_budget_bytes
     factor = capacity.memory_factor(declared.id)
     if factor > 1:

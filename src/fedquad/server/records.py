@@ -32,6 +32,8 @@ class DeviceRecord:
     download_seconds: float
     upload_seconds: float
     waiting_seconds: float
+    over_budget: bool = False
+    """It trained a config its memory cannot hold (``planner.infeasible = "ignore"``)."""
     # Measured by the device (None: not measured by this executor)
     loss: float | None = None
     median_step_seconds: float | None = None
@@ -72,12 +74,18 @@ class DeviceRecord:
             out["rank"] = config.rank
         if config.blocks is not None:
             out["blocks"] = list(config.blocks)
+        if config.checkpointed:
+            out["checkpointed"] = config.checkpointed
         out.update(
             num_samples=self.num_samples,
             bytes_down=self.bytes_down,
             bytes_up=self.bytes_up,
             memory_bytes=self.memory_bytes,
             memory_budget_bytes=self.memory_budget_bytes,
+        )
+        if self.over_budget:
+            out["over_budget"] = True
+        out.update(
             compute_seconds=self.compute_seconds,
             download_seconds=self.download_seconds,
             upload_seconds=self.upload_seconds,

@@ -132,7 +132,10 @@ def aggregate_round(
         offline=sum(not d.available for d in devices),
         sat_out=plan.sat_out,
         rejected=rejected,
-        devices=[_device_record(r, devices, configs, timing, profile) for r in replies],
+        devices=[
+            _device_record(r, devices, configs, timing, profile, r.device_id in plan.over_budget)
+            for r in replies
+        ],
         dropped=dropped,
         out_of_memory={d: r.measurements["oom_retry"] for d, r in out_of_memory.items()},
         round_deadline=configured.deadline,
@@ -279,6 +282,7 @@ def _device_record(
     configs: dict[int, DeviceConfig],
     timing: RoundTiming,
     profile: CostProfile,
+    over_budget: bool = False,
 ) -> DeviceRecord:
     device, config, t = devices[reply.device_id], configs[reply.device_id], timing.devices
     times = t[reply.device_id]
@@ -295,5 +299,6 @@ def _device_record(
         download_seconds=times.download,
         upload_seconds=times.upload,
         waiting_seconds=times.waiting,
+        over_budget=over_budget,
         **DeviceRecord.measured(reply.measurements),
     )

@@ -1,8 +1,9 @@
 """Local training on one device: ``τ`` steps of the LoRA blocks (and head) chosen by its config.
 
 The config says which blocks train (the span ``L-d … L-1``, or a FedRA subset whose lowest is
-``L-d``) and, for rank-heterogeneous methods, the rank the device trains them at. Training runs
-on the model's device and in its precision (:mod:`fedquad.train.placement`).
+``L-d``), for rank-heterogeneous methods the rank the device trains them at, and which of them
+run under activation checkpointing (:mod:`fedquad.train.checkpointing`). Training runs on the
+model's device and in its precision (:mod:`fedquad.train.placement`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from fedquad.config import QuantConfig, TrainConfig
 from fedquad.device_config import DeviceConfig
+from fedquad.errors import FedquadError
 from fedquad.models.lora import (
     LoraStructure,
     State,
@@ -29,6 +31,7 @@ from fedquad.models.lora import (
     truncate_rank,
 )
 from fedquad.models.registry import ModelParts
+from fedquad.train.checkpointing import checkpointed
 from fedquad.train.generate import PromptTestSet, evaluate_causal_lm
 from fedquad.train.placement import (
     autocast,
@@ -182,9 +185,15 @@ def train_local(
     ``data`` holds the device's tokenized samples (``input_ids``, ``attention_mask``, ``labels``).
     The caller loads the global state first; the model is left with the trained values.
     ``quant`` gives the quantizer's group size and size threshold; ``config`` says which blocks,
-    at which rank and how many bits.
+    at which rank, how many bits and which blocks run under activation checkpointing.
     """
     quant = quant or QuantConfig()
+    recomputed = config.checkpointed_blocks(structure.num_blocks)
+    if len(recomputed) != config.checkpointed:
+        raise FedquadError(
+            f"checkpointed blocks k = {config.checkpointed} is not allowed: use 0 to the "
+            f"{len(recomputed)} trained blocks that are not quantized"
+        )
     device, dtype = model_device(model), compute_dtype(model)
     generator = torch.Generator().manual_seed(seed)  # batch order: the data stay on the host
     quant_generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -197,6 +206,7 @@ def train_local(
     with (
         fork_rng(device),
         prepared(model, parts, structure, config, settings.frozen_prefix_eval) as names,
+        checkpointed(parts.blocks, recomputed),
         precision_scope(model, dtype),
     ):
         torch.manual_seed(seed + 2)
