@@ -91,7 +91,8 @@ _ENTRIES = (
     ),
     Method(
         "fedlora",
-        "full depth, uniform rank; a device that cannot hold it sits the round out",
+        "full depth, uniform rank; a device that cannot hold it sits the round out, "
+        "checkpoints its lowest blocks, or trains over budget (`planner.infeasible`)",
         planner="full-depth",
         aggregation="perlayer",
         structure="uniform",
