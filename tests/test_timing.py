@@ -288,3 +288,29 @@ def test_profile_export_command_refuses_a_loaded_machine_and_writes_with_force(
     stored = read_timing(path)
     assert stored.provenance["forced"] and stored.provenance["load_before"] == 4.0
     assert str(path) in capsys.readouterr().out
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [
+        ("quickstart", []),
+        ("quickstart", ["train.precision='bf16'"]),
+        pytest.param("smollm2-foods", [], marks=pytest.mark.slow),
+    ],
+)
+def test_every_preset_finds_its_shipped_reference_timing(preset, overrides):
+    from fedquad.cost.timing import find_reference
+    from fedquad.workbench import build_workbench, timing_key
+
+    small = ["data.max_train_samples=200", "data.max_test_samples=8"]
+    bench = build_workbench(load_config(preset, [*overrides, *small]))
+    found = find_reference(timing_key(bench))
+    assert found is not None and found.kind == "reference", f"{preset} {overrides}"
+
+
+def test_the_reference_test_covers_every_preset():
+    from fedquad.config import PRESETS_DIR
+
+    shipped = {p.stem for p in PRESETS_DIR.glob("*.toml")}
+    assert shipped == {"quickstart", "smollm2-foods"}, "add the new preset to the test above"
