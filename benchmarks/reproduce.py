@@ -7,14 +7,15 @@ committed config (``benchmarks/arms/<arm>.toml``) over its paired seeds, on SST-
 
 The runs go into a work directory (default ``benchmarks/work/<arm>``, not tracked); calling the
 script again continues them (finished runs kept, the others resumed from their checkpoints) and
-refuses when the arm's config or the code's commit changed; the cost profile and converted
-models are cached in ``<work>/cache`` unless ``$FEDQUAD_CACHE`` names another cache. Each
-finished run's ``metrics.jsonl``, ``config.toml``, ``fleet.toml`` and ``cost_profile.json`` are
-copied as it finishes into the results directory (default ``benchmarks/results/<arm>``), where
-``fedquad report`` then builds the tables and plots from them alone. SST-2 is required (from
-``--sst2-dir`` or ``$FEDQUAD_SST2_DIR``): without it the script stops, it never falls back to
-another dataset. Run it from a checkout at a fixed commit, so that editing the code does not
-change what a running or resumed arm executes.
+refuses when the arm's config or the code's commit changed. A work directory that lacks runs the
+results directory holds finished gets them back first, so a fresh clone continues too. The cost
+profile and converted models are cached in ``<work>/cache`` unless ``$FEDQUAD_CACHE`` names
+another cache. Each finished run's ``metrics.jsonl``, ``config.toml``, ``fleet.toml``,
+``cost_profile.json`` and ``summary.json`` are copied as it finishes into the results directory
+(default ``benchmarks/results/<arm>``), where ``fedquad report`` then builds the tables and
+plots from them alone. SST-2 is required (from ``--sst2-dir`` or ``$FEDQUAD_SST2_DIR``): without
+it the script stops, it never falls back to another dataset. Run it from a checkout at a fixed
+commit, so that editing the code does not change what a running or resumed arm executes.
 
 ``--dry-run`` plans every entry and seed without training (``fedquad.report.budgets``) and
 prints each run's planned virtual time and the budgets of "accuracy at a budget" they give;
@@ -227,6 +228,28 @@ def measure_memory(plan: Plan, results: Path) -> Path:
 # --------------------------------------------------------------------------- main
 
 
+def restore_kept(plan: Plan, work: Path, results: Path) -> list[tuple[str, int]]:
+    """Put the finished runs of the results back into an empty or partial work directory (a new
+    clone, or another session's), so the arm continues instead of running them again; the
+    results' ``plan.json`` comes along, so the arm still resumes only at the commit it started
+    at. Returns the (label, seed) restored."""
+    restored = []
+    for entry in plan.entries:
+        for seed in plan.seeds:
+            kept, target = run_dir(results, entry.label, seed), run_dir(work, entry.label, seed)
+            if not (kept / "summary.json").is_file() or (target / "summary.json").is_file():
+                continue
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
+            for name in KEPT_FILES:
+                shutil.copy2(kept / name, target / name)
+            restored.append((entry.label, seed))
+    if restored and not (work / PLAN_FILE).is_file():
+        shutil.copy2(results / PLAN_FILE, work / PLAN_FILE)
+    return restored
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", required=True, choices=sorted(ARMS))
@@ -278,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"`benchmarks/reproduce.py --arm {args.arm} --dry-run --write-budgets`"
             )
         results.mkdir(parents=True, exist_ok=True)
+        for label, seed in restore_kept(plan, work, results):
+            print(f"arm {args.arm}: {label} seed {seed} kept from {results}", flush=True)
 
         def on_run(i: int, n: int, label: str, seed: int, state: str) -> None:
             how = "resumed" if state == "started" else "started"

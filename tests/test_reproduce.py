@@ -182,6 +182,12 @@ def test_tiny_arm_end_to_end(reproduce, capsys, monkeypatch, tmp_path):
     (results / "comparison.md").unlink()
     assert fedquad_main(["report", str(results)]) == 0
     assert (results / "comparison.md").read_bytes() == built
+    # a fresh clone's empty work directory continues from the results: nothing runs again
+    capsys.readouterr()
+    assert reproduce.main([*args[:2], "--work", str(tmp_path / "w2"), *args[4:]]) == 0
+    assert "fedlora seed 0 kept from" in capsys.readouterr().out
+    assert not (tmp_path / "w2" / "fedlora" / "seed-0" / "checkpoint").exists()
+    assert (results / "comparison.md").read_bytes() == built
 
 
 @pytest.mark.slow
