@@ -72,12 +72,16 @@ def check_arm(arm: str, plan: Plan, work: Path) -> None:
                 ) from None
 
 
-def keep_run(work: Path, results: Path, label: str, seed: int) -> None:
-    shutil.copy2(work / PLAN_FILE, results / PLAN_FILE)
-    source, target = run_dir(work, label, seed), run_dir(results, label, seed)
+def copy_kept(source: Path, target: Path) -> None:
+    """A run's KEPT_FILES from one run directory into another."""
     target.mkdir(parents=True, exist_ok=True)
     for name in KEPT_FILES:
         shutil.copy2(source / name, target / name)
+
+
+def keep_run(work: Path, results: Path, label: str, seed: int) -> None:
+    shutil.copy2(work / PLAN_FILE, results / PLAN_FILE)
+    copy_kept(run_dir(work, label, seed), run_dir(results, label, seed))
 
 
 # --------------------------------------------------------------------------- budgets
@@ -241,9 +245,7 @@ def restore_kept(plan: Plan, work: Path, results: Path) -> list[tuple[str, int]]
                 continue
             if target.exists():
                 shutil.rmtree(target)
-            target.mkdir(parents=True)
-            for name in KEPT_FILES:
-                shutil.copy2(kept / name, target / name)
+            copy_kept(kept, target)
             restored.append((entry.label, seed))
     if restored and not (work / PLAN_FILE).is_file():
         shutil.copy2(results / PLAN_FILE, work / PLAN_FILE)
