@@ -387,3 +387,26 @@ def test_a_directory_without_timing_files_reports_the_board_clock_unavailable(tm
     assert "fedlora seed 1 keeps no cost_profile.json" in data["board_clock"]["reason"]
     assert data["budgets"] is None
     assert data["memory_claim"]["label"] == "fedquad"  # fedquad's own files are there
+
+
+def test_an_interim_report_covers_only_the_seeds_every_entry_has_finished(tmp_path, capsys):
+    out = tmp_path / "c"
+    write_comparison(out)
+    with pytest.raises(FedquadError, match="no seed has finished for every entry"):
+        read_runs(out, interim=True)
+    # seed 1 finished for both entries, seed 0 only for fedquad: seed 0 is not paired yet
+    for label, seed in (("fedquad", 0), ("fedquad", 1), ("fedlora", 1)):
+        (out / label / f"seed-{seed}" / "summary.json").write_text("{}")
+    assert main(["report", str(out), "--interim"]) == 0
+    assert "over seeds 1 (interim)" in capsys.readouterr().out
+    data = json.loads((out / "comparison.json").read_text())
+    assert (data["seeds"], data["planned_seeds"]) == ([1], [0, 1])
+    assert [r["label"] for r in data["runs"]] == ["fedquad", "fedlora"]
+    assert all(len(r["final_accuracy"]) == len(r["rounds"]) == 1 for r in data["runs"])
+    md = (out / "comparison.md").read_text()
+    assert "**Interim report**: 1 of the 2 planned seeds" in md and "seeds 0 are left out" in md
+    assert "| label | reached | geometric mean (s) | seed 1 |" in md
+    # the full report still needs every run, and says how to get the interim one
+    (out / "fedlora" / "seed-0" / "metrics.jsonl").unlink()
+    with pytest.raises(FedquadError, match="--interim"):
+        read_runs(out)

@@ -112,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="rebuild a comparison's tables and plots from its run directories"
     )
     report.add_argument("dir", help="the comparison directory (--out of fedquad compare)")
+    report.add_argument(
+        "--interim",
+        action="store_true",
+        help="report over the seeds every entry has finished so far (a comparison still running)",
+    )
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("datasets", help="list the built-in datasets")
     from fedquad import deploy_cli

@@ -63,6 +63,8 @@ def seeded_compare(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from fedquad.report.seeded import write_report
 
-    write_report(args.dir)
-    print(f"comparison.md, comparison.json and accuracy.png rebuilt in {args.dir}")
+    data = write_report(args.dir, interim=args.interim)
+    seeds = ",".join(map(str, data["seeds"]))
+    interim = "" if data["seeds"] == data["planned_seeds"] else f" over seeds {seeds} (interim)"
+    print(f"comparison.md, comparison.json and accuracy.png rebuilt in {args.dir}{interim}")
     return 0

@@ -76,6 +76,8 @@ class SeededRuns:
     """By label, by seed: how each run was timed (None: its directory lacks the files)."""
     measured: dict[str, Any] | None = None
     """``memory_measured.json``, if the directory has one."""
+    planned_seeds: list[int] = field(default_factory=list)
+    """The plan's seeds; more than ``seeds`` in an interim report."""
 
 
 def run_dir(out: Path, label: str, seed: int) -> Path:
@@ -92,12 +94,27 @@ def read_plan(out: Path) -> dict[str, Any]:
     return data
 
 
-def read_runs(out: str | Path) -> SeededRuns:
-    """The plan and every run's metrics (and timing files) of a comparison directory."""
+def finished(path: Path) -> bool:
+    """A run that has ended: its summary is written last."""
+    return (path / "summary.json").is_file()
+
+
+def read_runs(out: str | Path, interim: bool = False) -> SeededRuns:
+    """The plan and every run's metrics (and timing files) of a comparison directory. With
+    ``interim``, only the seeds every entry has finished, so that the seeds stay paired while the
+    comparison still runs."""
     out = Path(out)
     plan = read_plan(out)
     arms = [Arm(e["label"], e["method"], tuple(e["set"])) for e in plan["entries"]]
-    seeds = [int(s) for s in plan["seeds"]]
+    planned = [int(s) for s in plan["seeds"]]
+    seeds = planned
+    if interim:
+        seeds = [s for s in planned if all(finished(run_dir(out, a.label, s)) for a in arms)]
+        if not seeds:
+            raise FedquadError(
+                f"'{out}': no seed has finished for every entry yet, so an interim report has "
+                "nothing paired to show"
+            )
     metrics: dict[str, dict[int, list[dict[str, Any]]]] = {}
     costs: dict[str, dict[int, RunCost | None]] = {}
     for arm in arms:
@@ -105,7 +122,8 @@ def read_runs(out: str | Path) -> SeededRuns:
             path = run_dir(out, arm.label, seed)
             if not (path / "metrics.jsonl").is_file():
                 raise FedquadError(
-                    f"'{path}' has no metrics.jsonl: finish the comparison before its report"
+                    f"'{path}' has no metrics.jsonl: finish the comparison before its report, "
+                    "or ask for an interim one over the seeds finished so far (--interim)"
                 )
             metrics.setdefault(arm.label, {})[seed] = read_metrics(path)
             costs.setdefault(arm.label, {})[seed] = read_run_cost(path)
@@ -117,6 +135,7 @@ def read_runs(out: str | Path) -> SeededRuns:
         budgets=[float(b) for b in plan.get("budgets", [])],
         costs=costs,
         measured=read_measured(out),
+        planned_seeds=planned,
     )
 
 
@@ -316,6 +335,7 @@ def report_data(runs: SeededRuns) -> dict[str, Any]:
     return {
         "schema": REPORT_SCHEMA,
         "seeds": runs.seeds,
+        "planned_seeds": runs.planned_seeds or runs.seeds,
         "targets": runs.targets,
         "entries": [
             {"label": a.label, "method": a.method, "set": list(a.overrides), "baseline": a.baseline}
@@ -714,6 +734,17 @@ def _memory_section(data: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _interim_note(seeds: Sequence[int], planned: Sequence[int]) -> list[str]:
+    if list(seeds) == list(planned):
+        return []
+    missing = [s for s in planned if s not in seeds]
+    return [
+        f"**Interim report**: {len(seeds)} of the {len(planned)} planned seeds have finished for "
+        f"every entry; seeds {', '.join(map(str, missing))} are left out until they have.",
+        "",
+    ]
+
+
 def markdown(data: Mapping[str, Any]) -> str:
     seeds = data["seeds"]
     lines = [
@@ -723,6 +754,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         f"{', '.join(f'{t:.4f}' for t in data['targets'])}; baselines "
         f"{', '.join(data['baselines']) or 'none'}.",
         "",
+        *_interim_note(seeds, data.get("planned_seeds", seeds)),
         "A run reaches a target at the first round whose mean test accuracy over its last 3 "
         "evaluations reaches it, at that round's virtual time (simulated devices). Speed-up over "
         "Y = time to target of Y / of the label, per seed; the geometric mean and its bootstrap "
@@ -745,13 +777,14 @@ def markdown(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: str | Path) -> dict[str, Any]:
-    """Write ``comparison.md``, ``comparison.json`` and ``accuracy.png`` into ``out``."""
+def write_report(out: str | Path, interim: bool = False) -> dict[str, Any]:
+    """Write ``comparison.md``, ``comparison.json`` and ``accuracy.png`` into ``out`` (with
+    ``interim``, over the seeds finished so far: see ``read_runs``)."""
     from fedquad.report.plots import plot_seed_bands
     from fedquad.report.run_info import read_run_info
 
     out = Path(out)
-    runs = read_runs(out)
+    runs = read_runs(out, interim)
     data = report_data(runs)
     atomic_write_text(out / "comparison.json", json.dumps(data, indent=2) + "\n")
     atomic_write_text(out / "comparison.md", markdown(data))
