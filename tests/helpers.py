@@ -1,8 +1,11 @@
-"""What several test modules share: small run overrides and synthetic batches."""
+"""What several test modules share: small run overrides, synthetic batches and a hand-made cost
+profile."""
 
 from __future__ import annotations
 
 import torch
+
+from fedquad.cost.model import CostProfile
 
 SMALL_RUN = [  # a small FedLoRA run: tiny data, uniform fleet, 2 rounds of 2 of 4 devices
     "method='fedlora'",
@@ -38,3 +41,25 @@ def make_batch(n: int = 8, seq: int = 32, seed: int = 0) -> dict[str, torch.Tens
         "attention_mask": torch.ones(n, seq, dtype=torch.long),
         "labels": torch.randint(0, 2, (n,), generator=g),
     }
+
+
+def tiny_profile(**overrides) -> CostProfile:
+    """L = 4 with distinct numbers everywhere, so a wrong index shows up in the total."""
+    values = dict(
+        num_blocks=4,
+        frozen_weight_bytes=1000,
+        lora_params=(10, 20, 30, 40),
+        head_params=5,
+        saved_bytes=(100, 200, 300, 400),
+        saved_bytes_bottom=(90, 180, 270, 360),
+        quant_ratio={8: 0.5, 4: 0.3, 2: 0.15},
+        head_saved_bytes=50,
+        f=0.01,
+        g=0.02,
+        o=0.005,
+        c=0.1,
+        optimizer_bytes_per_param=8,
+        slack_bytes=7,
+    )
+    values.update(overrides)
+    return CostProfile(**values)  # type: ignore[arg-type]

@@ -7,30 +7,11 @@ import json
 import pytest
 
 from fedquad.cost.fleet import Device
-from fedquad.cost.model import CostProfile, memory_bytes, saved_bytes, step_seconds
+from fedquad.cost.model import memory_bytes, saved_bytes, step_seconds
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.server.capacity import CapacityEstimator, Report
-
-
-def tiny() -> CostProfile:
-    """L = 4 with distinct numbers, as in the cost model tests."""
-    return CostProfile(
-        num_blocks=4,
-        frozen_weight_bytes=1000,
-        lora_params=(10, 20, 30, 40),
-        head_params=5,
-        saved_bytes=(100, 200, 300, 400),
-        saved_bytes_bottom=(90, 180, 270, 360),
-        quant_ratio={8: 0.5, 4: 0.3},
-        head_saved_bytes=50,
-        f=0.01,
-        g=0.02,
-        o=0.005,
-        c=0.1,
-        slack_bytes=7,
-    )
-
+from helpers import tiny_profile as tiny
 
 DECLARED = Device(3, "small", slowdown=2.66, memory_budget_bytes=10**6, uplink=2e6, downlink=15e6)
 CONFIG = DeviceConfig(depth=2, quantized=1)
@@ -59,8 +40,9 @@ def test_saved_bytes_are_the_activation_terms_of_memory():
             assert memory_bytes(p, config) - saved_bytes(p, config) == memory_bytes(
                 p, plain
             ) - saved_bytes(p, plain)
+    unmeasured = tiny(quant_ratio={8: 0.5, 4: 0.3})  # a profile that never measured 2 bits
     with pytest.raises(FedquadError, match="bits = 2"):
-        saved_bytes(p, DeviceConfig(depth=2, quantized=1, bits=2))
+        saved_bytes(unmeasured, DeviceConfig(depth=2, quantized=1, bits=2))
 
 
 # --------------------------------------------------------------------------- estimates

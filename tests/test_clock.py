@@ -9,28 +9,11 @@ import sys
 import pytest
 
 from fedquad.cost.fleet import Device
-from fedquad.cost.model import CostProfile, download_bytes, round_time, upload_bytes
+from fedquad.cost.model import download_bytes, round_time, upload_bytes
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
 from fedquad.server.clock import RoundTiming, VirtualClock, time_round
-
-
-def tiny() -> CostProfile:
-    """L = 4 with distinct numbers, as in the cost model tests."""
-    return CostProfile(
-        num_blocks=4,
-        frozen_weight_bytes=1000,
-        lora_params=(10, 20, 30, 40),
-        head_params=5,
-        saved_bytes=(100, 200, 300, 400),
-        saved_bytes_bottom=(90, 180, 270, 360),
-        quant_ratio={8: 0.5, 4: 0.3},
-        head_saved_bytes=50,
-        f=0.01,
-        g=0.02,
-        o=0.005,
-        c=0.1,
-    )
+from helpers import tiny_profile as tiny
 
 
 def device(i: int, slowdown: float, uplink: float, downlink: float = 1000.0) -> Device:

@@ -24,28 +24,7 @@ from fedquad.cost.model import (
 )
 from fedquad.device_config import DeviceConfig
 from fedquad.errors import FedquadError
-
-
-def tiny(**overrides) -> CostProfile:
-    """L = 4 with distinct numbers everywhere, so a wrong index shows up in the total."""
-    values = dict(
-        num_blocks=4,
-        frozen_weight_bytes=1000,
-        lora_params=(10, 20, 30, 40),
-        head_params=5,
-        saved_bytes=(100, 200, 300, 400),
-        saved_bytes_bottom=(90, 180, 270, 360),
-        quant_ratio={8: 0.5, 4: 0.3, 2: 0.15},
-        head_saved_bytes=50,
-        f=0.01,
-        g=0.02,
-        o=0.005,
-        c=0.1,
-        optimizer_bytes_per_param=8,
-        slack_bytes=7,
-    )
-    values.update(overrides)
-    return CostProfile(**values)  # type: ignore[arg-type]
+from helpers import tiny_profile as tiny
 
 
 def workload() -> CostProfile:
