@@ -344,6 +344,12 @@ def test_the_report_of_an_arm(tmp_path):
     )
 
 
+def data_claims(comparison: bytes) -> list[str]:
+    """The rival of every host-clock claim, target after target."""
+    blocks = json.loads(comparison)["claims"]["per_target"]
+    return [row["over"] for b in blocks for row in b["host"]]
+
+
 def test_the_arm_report_rebuilds_byte_identically_with_every_table(tmp_path):
     write_comparison(tmp_path / "c", budgets=[1.5, 3.0])
     measured = {
@@ -363,6 +369,7 @@ def test_the_arm_report_rebuilds_byte_identically_with_every_table(tmp_path):
     assert {n: (tmp_path / "c" / n).read_bytes() for n in names} == first
     md = first["comparison.md"].decode()
     for heading in (
+        "## Claims against their thresholds",
         "### Bytes to target against each baseline",
         "## Board clock (jetson step composition)",
         "### Target 0.7500: speed-up on the board clock",
@@ -377,6 +384,10 @@ def test_the_arm_report_rebuilds_byte_identically_with_every_table(tmp_path):
     assert "| fedquad† | fedlora |" in md  # the board's speed-up row is marked
     assert "| 1024.0 | 512.0 |" in md  # the measured unquantized peak, in MiB
     assert "Measured by a test." in md
+    # the claims read the same runs on both clocks; this arm has no LEGEND, so no LEGEND rows
+    assert "| FedQuad over the best baseline (fedlora) | 0.7500 |" in md
+    assert "LEGEND" not in md.split("## Claims")[1].split("\n## ")[0]
+    assert data_claims(first["comparison.json"]) == ["the best baseline (fedlora)", "fedlora"] * 2
 
 
 def test_a_directory_without_timing_files_reports_the_board_clock_unavailable(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedquad.errors import FedquadError
+from fedquad.report import claims
 from fedquad.report.compare import (
     BASELINES,
     MIB,
@@ -254,6 +255,7 @@ def _board_clock(runs: SeededRuns, baselines: Sequence[str]) -> dict[str, Any]:
     }
     metrics = {label: {s: r.metrics for s, r in by.items()} for label, by in retimed.items()}
     return {
+        "metrics": metrics,
         "available": True,
         "composition": composition,
         "labels": [
@@ -329,9 +331,39 @@ def _memory_claim(runs: SeededRuns) -> dict[str, Any] | None:
     }
 
 
+def _claims(
+    runs: SeededRuns,
+    board_metrics: Mapping[str, Mapping[int, Metrics]] | None,
+    baselines: Sequence[str],
+    memory: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Each claim of docs/methods.md §8 the entries allow, per target, on both clocks."""
+    methods = {a.label: a.method for a in runs.arms}
+    per_target = []
+    for target in runs.targets:
+        host = {a.label: _times(runs.metrics[a.label], target) for a in runs.arms}
+        nbytes = {a.label: _bytes(runs.metrics[a.label], target) for a in runs.arms}
+        board = None
+        if board_metrics is not None:
+            board_times = {a.label: _times(board_metrics[a.label], target) for a in runs.arms}
+            board = claims.time_claims(methods, baselines, board_times)
+        per_target.append(
+            {
+                "target_accuracy": target,
+                "host": claims.time_claims(methods, baselines, host),
+                "board": board,
+                "bytes": claims.bytes_claims(methods, nbytes),
+            }
+        )
+    return {"per_target": per_target, "memory": claims.memory_claims(memory)}
+
+
 def report_data(runs: SeededRuns) -> dict[str, Any]:
     """Everything the tables show, as JSON-ready data (``null``: not reached)."""
     baselines = [a.label for a in runs.arms if a.baseline]
+    board = _board_clock(runs, baselines)
+    board_metrics = board.pop("metrics", None)
+    memory = _memory_claim(runs)
     return {
         "schema": REPORT_SCHEMA,
         "seeds": runs.seeds,
@@ -343,10 +375,11 @@ def report_data(runs: SeededRuns) -> dict[str, Any]:
         ],
         "baselines": baselines,
         "per_target": _per_target(runs.arms, runs.metrics, runs.targets, baselines),
-        "board_clock": _board_clock(runs, baselines),
+        "board_clock": board,
         "budgets": _budgets(runs),
         "runs": [_runs_json(a.label, runs.metrics[a.label]) for a in runs.arms],
-        "memory_claim": _memory_claim(runs),
+        "memory_claim": memory,
+        "claims": _claims(runs, board_metrics, baselines, memory),
     }
 
 
@@ -671,6 +704,59 @@ def _run_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     return lines
 
 
+def _claim_cell(row: Mapping[str, Any] | None, named: str | None = None) -> str:
+    if row is None:
+        return NO_VALUE
+    if row["value"] is None:
+        return f"{NOT_REACHED} in any seed"
+    cell = f"{row['value']:.2f}×"
+    if row["interval_95"] is not None:
+        low, high = row["interval_95"]
+        cell += f" ({low:.2f}–{high:.2f})"
+    if "seeds" in row:
+        cell += f", {row['seeds']} of {row['of_seeds']} seeds"
+    if named is not None and row["over"] != named:
+        cell += f" over {row['over']}"
+    return f"{cell}: {row['verdict']}"
+
+
+def _threshold(row: Mapping[str, Any]) -> str:
+    if row["threshold"] is None:
+        return NO_VALUE
+    return f"{'≤' if row['lower_is_better'] else '≥'} {row['threshold']:.2f}×"
+
+
+def _claims_section(data: Mapping[str, Any]) -> list[str]:
+    found = data["claims"]
+    keyed = []  # (claim's place, target's place, row): each claim's targets side by side
+    for t, block in enumerate(found["per_target"]):
+        target = f"{block['target_accuracy']:.4f}"
+        board = block["board"] or [None] * len(block["host"])
+        for i, (host, on_board) in enumerate(zip(block["host"], board, strict=True)):
+            cells = [_claim_cell(host), _claim_cell(on_board, host["over"])]
+            keyed.append((i, t, [host["claim"], target, *cells, _threshold(host), host["source"]]))
+        for i, row in enumerate(block["bytes"], start=len(block["host"])):
+            cells = [_claim_cell(row), "the same bytes"]
+            keyed.append((i, t, [row["claim"], target, *cells, _threshold(row), row["source"]]))
+    rows = [row for _, _, row in sorted(keyed, key=lambda k: k[:2])]
+    for row in found["memory"]:
+        rows.append([row["claim"], NO_VALUE, _claim_cell(row), NO_VALUE, _threshold(row),
+                     row["source"]])  # fmt: skip
+    if not rows:
+        return []
+    return [
+        "## Claims against their thresholds",
+        "",
+        "Each claim of docs/methods.md §8 that this comparison's entries allow: the geometric "
+        "mean over the paired seeds where both reached, its bootstrap 95% interval and the seed "
+        "count, on the host clock and re-timed on the board clock (below). Met: the whole "
+        "interval is on the claimed side of the threshold; missed: it is wholly on the other; "
+        "undecided: it straddles the threshold (the protocol's cue to add seeds).",
+        "",
+        *_table(["claim", "target", "host clock", "board clock", "threshold", "source"], rows),
+    ]
+
+
 def _memory_section(data: Mapping[str, Any]) -> list[str]:
     claim = data["memory_claim"]
     lines = ["## Memory claim: full depth, every block quantized", ""]
@@ -768,6 +854,7 @@ def markdown(data: Mapping[str, Any]) -> str:
             for e in data["entries"]
         ),
         "",
+        *_claims_section(data),
         *_host_sections(data, seeds),
         *_board_sections(data, seeds),
         *_budget_section(data, seeds),
