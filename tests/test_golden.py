@@ -1,10 +1,10 @@
 """Behaviour held fixed across refactors: short fixed-seed runs on a given cost profile whose
 ``metrics.jsonl``, host-time fields removed, must stay byte-identical to the recorded files.
 
-Byte-identical holds on the CPU model and torch version the files were recorded on
-(``recorded_on.json``): another CPU's kernels round float sums differently in the last bits. There
-every plan, byte count, virtual time and accuracy must still be equal, and the losses equal to a
-relative 1e-5 (a behaviour change moves them by far more).
+Byte-identical holds on the CPU model, instruction sets and torch version the files were
+recorded on (``recorded_on.json``): another CPU's kernels round float sums differently in the last
+bits. There every plan, byte count, virtual time and accuracy must still be equal, and the losses
+equal to a relative 1e-5 (a behaviour change moves them by far more).
 
 A change that is meant to alter results re-records them (``python tests/test_golden.py``) in a
 commit that says why.
@@ -27,7 +27,7 @@ from fedquad.config import load_config
 from fedquad.cost.model import CostProfile
 from fedquad.cost.profiler import StepTiming
 from fedquad.cost.timing import TimingSource
-from fedquad.report.provenance import cpu_model
+from fedquad.report.provenance import cpu_isa, cpu_model
 from fedquad.report.results import read_metrics
 
 pytestmark = pytest.mark.integration  # every test here loads a model
@@ -50,8 +50,9 @@ RECORDED_ON = GOLDEN / "recorded_on.json"
 LOSS_TOLERANCE = 1e-5
 
 
-def this_host() -> dict[str, str]:
-    return {"cpu": cpu_model(), "torch": torch.__version__}
+def this_host() -> dict[str, object]:
+    """What decides the rounding: a model name alone does not (one name spans CPU generations)."""
+    return {"cpu": cpu_model(), "isa": cpu_isa(), "torch": torch.__version__}
 
 
 def differences(recorded: object, now: object, path: str = "") -> list[str]:
@@ -128,6 +129,15 @@ def test_differences_allow_only_rounding_in_losses():
     assert differences(run, {**run, "accuracy": 0.5000001}) != []
     assert differences(run, {**run, "devices": [{"depth": 3}]}) == [".devices[0].depth: 2 != 3"]
     assert differences(run, {**run, "round": 1.0}) != []
+
+
+def test_a_host_is_named_by_its_kernel_instruction_sets_too():
+    zen2 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n"
+    zen4 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16\n"
+    assert cpu_isa(zen2) == ["avx2", "fma"]
+    assert cpu_isa(zen4) == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert cpu_isa("no flags here") == []
+    assert this_host()["isa"] == cpu_isa()  # so one model name of two generations differs
 
 
 def _record() -> None:

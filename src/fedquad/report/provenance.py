@@ -92,6 +92,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+KERNEL_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+"""Instruction sets that decide which kernels torch runs on a CPU, and so how float sums round:
+two CPUs of one model name (an "AMD EPYC" of two generations) can differ in them."""
+
+
+def cpu_isa(cpuinfo: str | None = None) -> list[str]:
+    """Which of ``KERNEL_ISA`` this CPU has, from ``/proc/cpuinfo``'s flags (or the ``cpuinfo``
+    text given); empty where there are none to read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return [f for f in KERNEL_ISA if f in flags]
+    return []
+
+
 def comparison_provenance(run_dirs: Mapping[str, Path]) -> dict[str, Any]:
     """A comparison's provenance: this process's (which wrote the tables) and each run's, as
     its ``summary.json`` recorded it (None where it has none)."""
