@@ -4,6 +4,7 @@ committed config (``benchmarks/arms/<arm>.toml``) over its paired seeds, on SST-
     .venv/bin/python benchmarks/reproduce.py --arm P|Q|S [--out DIR] [--work DIR] [--sst2-dir DIR]
     .venv/bin/python benchmarks/reproduce.py --arm S --dry-run [--write-budgets]
     .venv/bin/python benchmarks/reproduce.py --arm S --measure-memory
+    .venv/bin/python benchmarks/reproduce.py --arm P --seeds 0-9
 
 The runs go into a work directory (default ``benchmarks/work/<arm>``, not tracked); calling the
 script again continues them (finished runs kept, the others resumed from their checkpoints) and
@@ -23,6 +24,10 @@ prints each run's planned virtual time and the budgets of "accuracy at a budget"
 (the budgets are fixed before any training). ``--measure-memory`` measures the process peak of
 one training step at full depth, unquantized and with every block at 8 bits, at the arm's
 workload, into ``<results>/memory_measured.json`` beside the memory claim's cost-model figures.
+
+``--seeds`` adds seeds to the arm's (docs/methods.md §8 escalates to 10 where an interval
+straddles a threshold): the arm's own seeds stay, finished, and the new ones run at the commit of
+this checkout, each seed at one commit so that its runs stay paired.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from fedquad.report.budgets import choose_budgets
 from fedquad.report.memory_claim import MEASURED_FILE, MEASURED_SCHEMA
 from fedquad.report.results import atomic_write_text
 from fedquad.report.seeded import PLAN_FILE, run_dir, write_report
-from fedquad.seeded_compare import Plan, load_plan, run_comparison, run_config_data
+from fedquad.seeded_compare import Plan, load_plan, parse_seeds, run_comparison, run_config_data
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {arm: Path("benchmarks") / "arms" / f"{arm}.toml" for arm in ("P", "Q", "S")}
@@ -252,6 +257,20 @@ def restore_kept(plan: Plan, work: Path, results: Path) -> list[tuple[str, int]]
     return restored
 
 
+def escalated_seeds(arm: str, planned: list[int], text: str) -> list[int]:
+    """``--seeds``: the arm's seeds and more, never fewer (a seed left out would drop its pairs
+    from the report)."""
+    seeds = parse_seeds(text)
+    missing = [s for s in planned if s not in seeds]
+    if missing:
+        raise FedquadError(
+            f"--seeds {text!r} leaves out arm {arm}'s seed {missing[0]}: --seeds adds seeds to "
+            f"the arm's {','.join(map(str, planned))}, e.g. --seeds "
+            f"{min(planned)}-{max(planned) + len(planned)}"
+        )
+    return planned + [s for s in seeds if s not in planned]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", required=True, choices=sorted(ARMS))
@@ -259,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="where the runs go (default benchmarks/work/<arm>)")
     parser.add_argument("--sst2-dir", help="GLUE SST-2 directory (default: $FEDQUAD_SST2_DIR)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--seeds", help="the arm's seeds and more, e.g. 0-9: escalate an undecided claim"
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="plan every run without training; print budgets"
     )
@@ -285,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.write_budgets and not args.dry_run:
             raise FedquadError("--write-budgets writes what --dry-run plans: give both")
         plan = load_plan(ARMS[args.arm], [])
+        if args.seeds is not None:
+            plan.seeds = escalated_seeds(args.arm, plan.seeds, args.seeds)
         if args.measure_memory:  # the shared workload only: no entry's options are needed
             path = measure_memory(plan, results)
             print(f"arm {args.arm}: memory measured into {path}")

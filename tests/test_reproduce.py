@@ -69,6 +69,19 @@ def test_an_arm_this_version_cannot_run_is_refused(reproduce, capsys, monkeypatc
     assert not (tmp_path / "w").exists()
 
 
+def test_seeds_escalate_an_arm_and_never_drop_its_own(reproduce, capsys, tmp_path):
+    assert reproduce.escalated_seeds("P", [0, 1, 2, 3, 4], "0-9") == list(range(10))
+    assert reproduce.escalated_seeds("P", [0, 1, 2], "7,0,1,2") == [0, 1, 2, 7]
+    args = ["--arm", "P", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r")]
+    assert reproduce.main([*args, "--seeds", "5-9"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds '5-9' leaves out arm P's seed 0" in err and "e.g. --seeds 0-9" in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert reproduce.main([*args, "--seeds", "0,x"]) == 2
+    assert "'x' is not a seed" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+
+
 def test_missing_sst2_stops_the_arm(reproduce, capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("FEDQUAD_SST2_DIR", raising=False)
     args = ["--arm", "S", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r")]
@@ -188,6 +201,17 @@ def test_tiny_arm_end_to_end(reproduce, capsys, monkeypatch, tmp_path):
     assert "fedlora seed 0 kept from" in capsys.readouterr().out
     assert not (tmp_path / "w2" / "fedlora" / "seed-0" / "checkpoint").exists()
     assert (results / "comparison.md").read_bytes() == built
+    # escalated by a seed at a later commit: seed 0 stays as it ran, seed 1 runs at the new one
+    began = json.loads((results / "plan.json").read_text())["seed_commits"]["0"]
+    seed_0 = (run / "metrics.jsonl").read_text()
+    monkeypatch.setattr("fedquad.seeded_compare.code_commit", lambda: "later")
+    assert reproduce.main([*args, "--seeds", "0,1"]) == 0, capsys.readouterr().err
+    plan_now = json.loads((results / "plan.json").read_text())
+    assert plan_now["seeds"] == [0, 1]
+    assert plan_now["seed_commits"] == {"0": began, "1": "later"}
+    assert json.loads((results / "comparison.json").read_text())["seeds"] == [0, 1]
+    assert (run / "metrics.jsonl").read_text() == seed_0  # kept, not run again
+    assert (results / "fedlora" / "seed-1" / "summary.json").is_file()
 
 
 @pytest.mark.slow

@@ -13,10 +13,17 @@ import pytest
 from fedquad.cli import main
 from fedquad.config import load_config
 from fedquad.errors import FedquadError
-from fedquad.report.seeded import PLAN_FILE, read_runs, report_data, write_report
+from fedquad.report.seeded import (
+    PLAN_FILE,
+    read_runs,
+    report_data,
+    stored_seed_commits,
+    write_report,
+)
 from fedquad.seeded_compare import (
     Entry,
     Plan,
+    begun_seed_commits,
     check_resumable,
     load_plan,
     parse_seeds,
@@ -236,6 +243,18 @@ def test_report_rebuilds_byte_identically(tmp_path, capsys):
     assert "| fedquad | fedlora | 2.00× |" in md and "not reached" in md
     assert "| 1 / 1 / 0 / 0 |" in md.replace(" | 2.00× | not reached |", " |")
     assert (tmp_path / "c" / "accuracy.png").read_bytes().startswith(b"\x89PNG")
+    assert "Code: seeds 0, 1 at commit abc (each seed's runs at one commit)." in md
+
+
+def test_a_report_names_each_seeds_commit(tmp_path):
+    _fake_comparison(tmp_path / "c", CURVES)
+    plan = json.loads((tmp_path / "c" / PLAN_FILE).read_text())
+    plan["seed_commits"] = {"0": "0123456789abcdef", "1": None}
+    (tmp_path / "c" / PLAN_FILE).write_text(json.dumps(plan))
+    data = write_report(tmp_path / "c")
+    assert data["seed_commits"] == {"0": "0123456789abcdef", "1": None}
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    assert "Code: seed 0 at commit 0123456789ab; seed 1 at no recorded commit" in md
 
 
 def test_report_of_an_unfinished_or_foreign_directory(tmp_path, capsys):
@@ -267,7 +286,7 @@ def test_resume_refuses_a_changed_config_or_commit(tmp_path):
     _started_run(out, plan, plan.entries[0], 0, [])
     (out / PLAN_FILE).write_text(json.dumps(plan_json(plan, "abc")))
     assert check_resumable(out, plan, "abc") == {("fedlora", 0): "started"}
-    with pytest.raises(FedquadError, match="started at commit abc and this is def"):
+    with pytest.raises(FedquadError, match="seed 0 was started at commit abc and this is def"):
         check_resumable(out, plan, "def")
     changed = Plan(plan.entries, [0], [0.8], {"federation": {"rounds": 7}})
     with pytest.raises(
@@ -277,6 +296,33 @@ def test_resume_refuses_a_changed_config_or_commit(tmp_path):
     # a finished comparison is kept at any commit: nothing of it would run
     (out / "fedlora" / "seed-0" / "summary.json").write_text("{}")
     assert check_resumable(out, plan, "def") == {("fedlora", 0): "finished"}
+
+
+def test_a_comparison_grows_by_seeds_at_a_later_commit(tmp_path):
+    plan = Plan([Entry("fedlora", "fedlora"), Entry("legend", "legend")], [0], [0.8])
+    out = tmp_path / "c"
+    for entry in plan.entries:
+        (_started_run(out, plan, entry, 0, []) / "summary.json").write_text("{}")
+    old = plan_json(plan, "abc")
+    del old["seed_commits"]  # as a plan written before seeds had their own commits
+    (out / PLAN_FILE).write_text(json.dumps(old))
+    assert stored_seed_commits(old) == {0: "abc"}
+    grown = Plan(plan.entries, [0, 1, 2], [0.8])
+    # seed 0 is done at abc; seeds 1 and 2 have not begun, so they may run at def
+    states = check_resumable(out, grown, "def")
+    assert states[("legend", 0)] == "finished" and states[("legend", 1)] == "new"
+    written = plan_json(grown, "def", begun_seed_commits(out, states))
+    assert written["seed_commits"] == {"0": "abc", "1": "def", "2": "def"}
+    (out / PLAN_FILE).write_text(json.dumps(written))
+    # once seed 1 has begun at def, it must end there: its runs are the pairs
+    _started_run(out, grown, plan.entries[0], 1, [])
+    assert check_resumable(out, grown, "def")[("fedlora", 1)] == "started"
+    with pytest.raises(FedquadError, match="seed 1 was started at commit def and this is ghi"):
+        check_resumable(out, grown, "ghi")
+    # a seed half done at abc may not be finished by another commit either
+    half = Plan([*plan.entries, Entry("fedra", "fedra")], [0], [0.8])
+    with pytest.raises(FedquadError, match="seed 0 was started at commit abc"):
+        check_resumable(out, half, "def")
 
 
 def test_compare_command_refuses_a_changed_config(tmp_path, capsys):

@@ -4,9 +4,12 @@
 A comparison entry is ``(label, method, overrides)``, so one method can appear twice with
 different options; run directories, tables and plots use the label. Each (label, seed) runs into
 ``OUT/<label>/seed-<s>/``. ``OUT/plan.json`` records the entries, seeds, targets, budgets and the
-code's commit. Calling it again on the same ``OUT`` keeps every run that has a ``summary.json`` (it
-finished), resumes the others from their checkpoints, and refuses when a run's stored config or
-the commit differs from what would run now.
+commit each seed ran at. Calling it again on the same ``OUT`` keeps every run that has a
+``summary.json`` (it finished), resumes the others from their checkpoints, and refuses when a run's
+stored config differs from what would run now, or a seed that has begun would finish at another
+commit. A seed's runs are the pairs, so each seed runs at one commit; the comparison itself can
+grow by seeds at a later commit (docs/methods.md §8 adds seeds where an interval straddles a
+threshold).
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from fedquad.methods_registry import method_names
 from fedquad.report.budgets import check_budgets
 from fedquad.report.provenance import code_commit
 from fedquad.report.results import atomic_write_text
-from fedquad.report.seeded import PLAN_FILE, PLAN_SCHEMA, read_plan, run_dir, write_report
+from fedquad.report.seeded import (
+    PLAN_FILE,
+    PLAN_SCHEMA,
+    read_plan,
+    run_dir,
+    stored_seed_commits,
+    write_report,
+)
 
 COMPARE_TABLE = "compare"
 """The table of a comparison config file that holds seeds, targets and entries; every other
@@ -218,10 +228,15 @@ def _state(path: Path) -> str:
     return "started" if started else "new"
 
 
-def plan_json(plan: Plan, commit: str | None) -> dict[str, Any]:
+def plan_json(
+    plan: Plan, commit: str | None, begun: Mapping[int, str | None] | None = None
+) -> dict[str, Any]:
+    """``begun``: the commits of seeds that ran before; every other seed runs at ``commit``."""
+    begun = begun or {}
     return {
         "schema": PLAN_SCHEMA,
         "commit": commit,
+        "seed_commits": {str(s): begun.get(s, commit) for s in plan.seeds},
         "seeds": plan.seeds,
         "targets": plan.targets,
         "budgets": plan.budgets,
@@ -232,8 +247,9 @@ def plan_json(plan: Plan, commit: str | None) -> dict[str, Any]:
 
 
 def check_resumable(out: Path, plan: Plan, commit: str | None) -> dict[tuple[str, int], str]:
-    """Each run's state; refuses when a stored config, or (while runs remain) the commit or the
-    planned entries, differ from what would run now."""
+    """Each run's state; refuses when a stored config differs from what would run now, or when a
+    seed that has begun (a run of it started or finished) has runs left and began at another
+    commit: its pairs would mix two versions of the code."""
     states = {}
     for entry in plan.entries:
         for seed in plan.seeds:
@@ -252,15 +268,26 @@ def check_resumable(out: Path, plan: Plan, commit: str | None) -> dict[tuple[str
                         "use a new --out, or the config it ran with"
                     )
             states[(entry.label, seed)] = state
-    remaining = any(s != "finished" for s in states.values())
-    if remaining and (out / PLAN_FILE).is_file():
-        stored_commit = read_plan(out).get("commit")
-        if stored_commit != commit:
-            raise FedquadError(
-                f"'{out}' was started at commit {stored_commit} and this is {commit}: "
-                "resume it from a checkout of that commit, or use a new --out"
-            )
+    if (out / PLAN_FILE).is_file():
+        began_at = stored_seed_commits(read_plan(out))
+        for seed in plan.seeds:
+            seed_states = {states[(e.label, seed)] for e in plan.entries}
+            begun, left = seed_states != {"new"}, seed_states != {"finished"}
+            if begun and left and began_at.get(seed, commit) != commit:
+                raise FedquadError(
+                    f"'{out}': seed {seed} was started at commit {began_at.get(seed)} and this "
+                    f"is {commit}: resume it from a checkout of that commit, or use a new --out"
+                )
     return states
+
+
+def begun_seed_commits(out: Path, states: Mapping[tuple[str, int], str]) -> dict[int, str | None]:
+    """The stored commits of the seeds that have begun in ``out``."""
+    if not (out / PLAN_FILE).is_file():
+        return {}
+    began_at = stored_seed_commits(read_plan(out))
+    begun = {seed for (_label, seed), state in states.items() if state != "new"}
+    return {s: c for s, c in began_at.items() if s in begun}
 
 
 def run_comparison(
@@ -289,7 +316,10 @@ def run_comparison(
     states = check_resumable(out, plan, commit) if out.is_dir() else {}
     out.mkdir(parents=True, exist_ok=True)
     if not (out / PLAN_FILE).is_file() or any(s != "finished" for s in states.values()):
-        atomic_write_text(out / PLAN_FILE, json.dumps(plan_json(plan, commit), indent=2) + "\n")
+        begun = begun_seed_commits(out, states)
+        atomic_write_text(
+            out / PLAN_FILE, json.dumps(plan_json(plan, commit, begun), indent=2) + "\n"
+        )
     todo = [key for key in configs if states.get(key, "new") != "finished"]
     for label, seed in configs:
         if (label, seed) not in todo:

@@ -79,6 +79,8 @@ class SeededRuns:
     """``memory_measured.json``, if the directory has one."""
     planned_seeds: list[int] = field(default_factory=list)
     """The plan's seeds; more than ``seeds`` in an interim report."""
+    seed_commits: dict[int, str | None] = field(default_factory=dict)
+    """The commit each seed ran at (a comparison can grow by seeds at a later commit)."""
 
 
 def run_dir(out: Path, label: str, seed: int) -> Path:
@@ -137,7 +139,16 @@ def read_runs(out: str | Path, interim: bool = False) -> SeededRuns:
         costs=costs,
         measured=read_measured(out),
         planned_seeds=planned,
+        seed_commits={s: c for s, c in stored_seed_commits(plan).items() if s in seeds},
     )
+
+
+def stored_seed_commits(plan: Mapping[str, Any]) -> dict[int, str | None]:
+    """The commit each seed of a ``plan.json`` ran at (a plan written before seeds had their
+    own commits ran all of them at its one commit)."""
+    if "seed_commits" in plan:
+        return {int(s): c for s, c in plan["seed_commits"].items()}
+    return {int(s): plan.get("commit") for s in plan.get("seeds", [])}
 
 
 # --------------------------------------------------------------------------- the numbers
@@ -368,6 +379,7 @@ def report_data(runs: SeededRuns) -> dict[str, Any]:
         "schema": REPORT_SCHEMA,
         "seeds": runs.seeds,
         "planned_seeds": runs.planned_seeds or runs.seeds,
+        "seed_commits": {str(s): c for s, c in runs.seed_commits.items()},
         "targets": runs.targets,
         "entries": [
             {"label": a.label, "method": a.method, "set": list(a.overrides), "baseline": a.baseline}
@@ -831,6 +843,21 @@ def _interim_note(seeds: Sequence[int], planned: Sequence[int]) -> list[str]:
     ]
 
 
+def _commits_line(seed_commits: Mapping[str, str | None]) -> list[str]:
+    """Which commit each seed ran at, seeds of one commit together."""
+    by_commit: dict[str | None, list[str]] = {}
+    for seed, commit in seed_commits.items():
+        by_commit.setdefault(commit, []).append(seed)
+    if not by_commit:
+        return []
+    parts = [
+        f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(seeds)} at "
+        f"{'no recorded commit' if commit is None else 'commit ' + commit[:12]}"
+        for commit, seeds in by_commit.items()
+    ]
+    return [f"Code: {'; '.join(parts)} (each seed's runs at one commit).", ""]
+
+
 def markdown(data: Mapping[str, Any]) -> str:
     seeds = data["seeds"]
     lines = [
@@ -840,6 +867,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         f"{', '.join(f'{t:.4f}' for t in data['targets'])}; baselines "
         f"{', '.join(data['baselines']) or 'none'}.",
         "",
+        *_commits_line(data.get("seed_commits", {})),
         *_interim_note(seeds, data.get("planned_seeds", seeds)),
         "A run reaches a target at the first round whose mean test accuracy over its last 3 "
         "evaluations reaches it, at that round's virtual time (simulated devices). Speed-up over "
