@@ -106,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         "--targets", help="target accuracies fixed in advance, e.g. 0.78,0.80,0.82"
     )
     compare.add_argument(
-        "--out", help="comparison directory: a later call with the same --out continues it"
+        "--out",
+        help="comparison directory: a later call with the same --out continues it, "
+        "or grows it by more --seeds",
     )
     report = sub.add_parser(
         "report", help="rebuild a comparison's tables and plots from its run directories"
