@@ -231,6 +231,23 @@ def test_report_numbers_and_not_reached(tmp_path):
     assert runs["fedquad"]["device_rounds_sat_out"] == [2, 2]
 
 
+def test_the_report_counts_each_tiers_depths_and_quantized_blocks(tmp_path):
+    _fake_comparison(tmp_path / "c", CURVES)
+    run = tmp_path / "c" / "fedquad" / "seed-1"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in records[:3]:  # three rounds with one more device, at depth 3, 2 quantized
+        record["devices"].append({**record["devices"][0], "depth": 3, "quantized": 2})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = write_report(tmp_path / "c")
+    runs = {r["label"]: r for r in data["runs"]}
+    assert runs["fedquad"]["configs_per_tier"] == {"small": {"d1 q0": 8, "d3 q2": 3}}
+    assert runs["fedquad"]["device_rounds_quantized"] == [0, 3]
+    assert runs["fedlora"]["configs_per_tier"] == {"small": {"d1 q0": 8}}
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    assert "| fedquad | 4 / 7 | 2 / 2 | 0 / 3 | 0 / 0 | 0 / 0 |" in md
+    assert "| fedquad | d1 q0: 8, d3 q2: 3 |" in md
+
+
 def test_report_rebuilds_byte_identically(tmp_path, capsys):
     _fake_comparison(tmp_path / "c", CURVES)
     write_report(tmp_path / "c")

@@ -49,7 +49,7 @@ NOT_REACHED = "not reached"
 NO_VALUE = "—"
 BEST = "best baseline"
 PLANNED_ON_HOST = "re-timed, planned on the host clock"
-RECORD_FLAGS = ("over_budget", "checkpointed")
+RECORD_FLAGS = ("quantized", "over_budget", "checkpointed")
 """Device-record fields counted per run where a record carries them (older records do not)."""
 
 
@@ -399,6 +399,19 @@ def _flagged(metrics: Metrics, key: str) -> int:
     return sum(bool(d.get(key)) for r in metrics for d in r["devices"])
 
 
+def configs_per_tier(by_seed: Mapping[int, Metrics]) -> dict[str, dict[str, int]]:
+    """Per tier, how many trained device-rounds over every seed ran each depth d and number of
+    quantized blocks q (``"d3 q3"``), the most frequent first."""
+    counts: dict[str, dict[str, int]] = {}
+    for metrics in by_seed.values():
+        for record in metrics:
+            for d in record["devices"]:
+                key = f"d{d['depth']} q{d.get('quantized', 0)}"
+                tier = counts.setdefault(d["tier"], {})
+                tier[key] = tier.get(key, 0) + 1
+    return {t: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))) for t, c in counts.items()}
+
+
 def _runs_json(label: str, by_seed: Mapping[int, Metrics]) -> dict[str, Any]:
     seeds = sorted(by_seed)
     peaks: dict[str, int] = {}
@@ -411,6 +424,7 @@ def _runs_json(label: str, by_seed: Mapping[int, Metrics]) -> dict[str, Any]:
             budgets[tier] = max(budgets.get(tier, 0), budget)
     finals = [final_accuracy(by_seed[s]) for s in seeds]
     present = [f for f in finals if f is not None]
+    configs = configs_per_tier(by_seed)
     return {
         "label": label,
         "rounds": [len(by_seed[s]) for s in seeds],
@@ -422,6 +436,7 @@ def _runs_json(label: str, by_seed: Mapping[int, Metrics]) -> dict[str, Any]:
         "bytes_total": [sum(r["bytes_up"] + r["bytes_down"] for r in by_seed[s]) for s in seeds],
         "peak_memory_bytes": {t: peaks[t] for t in tiers if t in peaks},
         "memory_budget_bytes": {t: budgets[t] for t in tiers if t in budgets},
+        "configs_per_tier": {t: configs[t] for t in tiers if t in configs},
     }
 
 
@@ -695,12 +710,13 @@ def _run_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
         "## Device-rounds",
         "",
         "Per seed, in seed order: devices that trained and were aggregated, sampled devices that "
-        "sat out, and trained device-rounds whose records say they trained over their memory "
-        "budget (planner.infeasible = 'ignore') or with checkpointed blocks; records written "
-        "before those fields existed count 0.",
+        "sat out, and trained device-rounds that quantized at least one block's saved "
+        "activations, or whose records say they trained over their memory budget "
+        "(planner.infeasible = 'ignore') or with checkpointed blocks; records written before "
+        "those fields existed count 0.",
         "",
         *_table(
-            ["label", "trained", "sat out", "over budget", "checkpointed"],
+            ["label", "trained", "sat out", "quantized", "over budget", "checkpointed"],
             [
                 [
                     r["label"],
@@ -712,8 +728,29 @@ def _run_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
                 for r in runs
             ],
         ),
+        *_configs_section(runs, tiers),
     ]
     return lines
+
+
+def _configs_section(runs: Sequence[Mapping[str, Any]], tiers: Sequence[str]) -> list[str]:
+    def cell(configs: Mapping[str, int] | None) -> str:
+        return ", ".join(f"{k}: {n}" for k, n in configs.items()) if configs else NO_VALUE
+
+    return [
+        "## Depth and quantized blocks per tier",
+        "",
+        "Trained device-rounds over every seed by LoRA depth d and number of quantized blocks q, "
+        "the most frequent first.",
+        "",
+        *_table(
+            ["label", *tiers],
+            [
+                [r["label"], *(cell(r.get("configs_per_tier", {}).get(t)) for t in tiers)]
+                for r in runs
+            ],
+        ),
+    ]
 
 
 def _claim_cell(row: Mapping[str, Any] | None, named: str | None = None) -> str:
