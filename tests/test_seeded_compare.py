@@ -214,6 +214,7 @@ def test_report_numbers_and_not_reached(tmp_path):
     assert over["fedlora"]["per_seed"] == [2.0, None]
     assert (over["fedlora"]["both"], over["fedlora"]["only_this"]) == (1, 1)
     assert over["fedlora"]["geometric_mean"] == pytest.approx(2.0)
+    assert over["fedlora"]["interval_95"] is None  # one paired seed: no interval
     # fedlora-slow's seed 1 crosses at round 4 (0.7, 0.7, 0.7), 16 s against 3 s
     assert over["fedlora-slow"]["per_seed"] == [4.0, pytest.approx(16 / 3)]
     assert over["fedlora-slow"]["geometric_mean"] == pytest.approx((4.0 * 16 / 3) ** 0.5)

@@ -102,10 +102,13 @@ def test_the_bootstrap_is_reproducible_and_brackets_the_mean():
     assert first == tuple(float(v) for v in np.percentile(means, [2.5, 97.5]))
 
 
-def test_one_seed_gives_a_point_interval_and_no_seed_no_number():
+def test_one_seed_gives_a_number_but_no_interval_and_no_seed_no_number():
     single = paired_speedup({0: 10.0}, {0: 15.0})
     assert single.geometric_mean == pytest.approx(1.5)
-    assert single.interval == pytest.approx((1.5, 1.5))
+    assert single.interval is None  # it would resample to the one ratio: a point, no interval
+    # one seed that reached beside one that did not: still a single ratio
+    assert paired_speedup({0: 10.0, 1: None}, {0: 15.0, 1: 9.0}).interval is None
+    assert paired_speedup({0: 10.0, 1: 10.0}, {0: 15.0, 1: 20.0}).interval is not None
     nobody = paired_speedup({0: None, 1: None}, {0: None, 1: None})
     assert (nobody.geometric_mean, nobody.interval, nobody.neither) == (None, None, 2)
     assert all(s.ratio is None for s in nobody.per_seed)

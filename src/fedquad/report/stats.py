@@ -183,7 +183,8 @@ def _paired(
         y_only=sum(s.time_x is None and s.time_y is not None for s in per_seed),
         neither=sum(s.time_x is None and s.time_y is None for s in per_seed),
         geometric_mean=geometric_mean(ratios) if ratios else None,
-        interval=bootstrap_interval(ratios, resamples, rng_seed) if ratios else None,
+        # one seed resamples to itself: a point, not an interval, and no verdict can rest on it
+        interval=bootstrap_interval(ratios, resamples, rng_seed) if len(ratios) > 1 else None,
     )
 
 
