@@ -268,21 +268,19 @@ def check_resumable(out: Path, plan: Plan, commit: str | None) -> dict[tuple[str
                         "use a new --out, or the config it ran with"
                     )
             states[(entry.label, seed)] = state
-    if (out / PLAN_FILE).is_file():
-        began_at = stored_seed_commits(read_plan(out))
-        for seed in plan.seeds:
-            seed_states = {states[(e.label, seed)] for e in plan.entries}
-            begun, left = seed_states != {"new"}, seed_states != {"finished"}
-            if begun and left and began_at.get(seed, commit) != commit:
-                raise FedquadError(
-                    f"'{out}': seed {seed} was started at commit {began_at.get(seed)} and this "
-                    f"is {commit}: resume it from a checkout of that commit, or use a new --out"
-                )
+    for seed, began_at in begun_seed_commits(out, states).items():
+        left = any(states[(e.label, seed)] != "finished" for e in plan.entries)
+        if left and began_at != commit:
+            raise FedquadError(
+                f"'{out}': seed {seed} was started at commit {began_at} and this "
+                f"is {commit}: resume it from a checkout of that commit, or use a new --out"
+            )
     return states
 
 
 def begun_seed_commits(out: Path, states: Mapping[tuple[str, int], str]) -> dict[int, str | None]:
-    """The stored commits of the seeds that have begun in ``out``."""
+    """The stored commits of the seeds that have begun in ``out`` (a run of them started or
+    finished); a seed the stored plan lacks has no commit to keep."""
     if not (out / PLAN_FILE).is_file():
         return {}
     began_at = stored_seed_commits(read_plan(out))

@@ -80,16 +80,24 @@ def code_commit() -> str | None:
     return head + ("-dirty" if status and status.strip() else "")
 
 
+def _cpuinfo_value(key: str, cpuinfo: str | None = None) -> str | None:
+    """The first ``key`` line's value in ``/proc/cpuinfo`` (or the ``cpuinfo`` text given);
+    None where there is none to read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        if line.startswith(key):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 @cache
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo_value("model name") or platform.processor() or platform.machine()
 
 
 KERNEL_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -100,16 +108,8 @@ two CPUs of one model name (an "AMD EPYC" of two generations) can differ in them
 def cpu_isa(cpuinfo: str | None = None) -> list[str]:
     """Which of ``KERNEL_ISA`` this CPU has, from ``/proc/cpuinfo``'s flags (or the ``cpuinfo``
     text given); empty where there are none to read."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return [f for f in KERNEL_ISA if f in flags]
-    return []
+    flags = set((_cpuinfo_value("flags", cpuinfo) or "").split())
+    return [f for f in KERNEL_ISA if f in flags]
 
 
 def comparison_provenance(run_dirs: Mapping[str, Path]) -> dict[str, Any]:
