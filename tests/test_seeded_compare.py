@@ -275,6 +275,33 @@ def test_a_report_names_each_seeds_commit(tmp_path):
     assert "Code: seed 0 at commit 0123456789ab; seed 1 at no recorded commit" in md
 
 
+def _record_host(run: Path, cpu: str, isa: list[str] | None = None) -> None:
+    provenance: dict[str, Any] = {"cpu": cpu}
+    if isa is not None:
+        provenance["cpu_isa"] = isa
+    (run / "summary.json").write_text(json.dumps({"provenance": provenance}))
+
+
+def test_a_report_names_each_seeds_host_and_a_seed_that_spans_hosts(tmp_path):
+    out = tmp_path / "c"
+    _fake_comparison(out, CURVES)
+    write_report(out)
+    assert "Hosts:" not in (out / "comparison.md").read_text()  # runs that recorded no host: nothing to say
+    for label in CURVES:
+        _record_host(out / label / "seed-0", "AMD EPYC")
+        _record_host(out / label / "seed-1", "Intel Xeon", ["avx2", "amx_bf16"])
+    data = write_report(out)
+    assert data["seed_hosts"] == {"0": ["AMD EPYC"], "1": ["Intel Xeon (avx2, amx_bf16)"]}
+    md = (out / "comparison.md").read_text()
+    assert "Hosts: seed 0 on AMD EPYC; seed 1 on Intel Xeon (avx2, amx_bf16). " in md
+    assert "span hosts" not in md
+    _record_host(out / "fedlora" / "seed-0", "Intel Xeon", [])
+    data = write_report(out)
+    assert data["seed_hosts"]["0"] == ["AMD EPYC", "Intel Xeon (no listed ISA)"]
+    md = (out / "comparison.md").read_text()
+    assert "seed 0 on AMD EPYC and Intel Xeon (no listed ISA) (**its runs span hosts**)" in md
+
+
 def test_report_of_an_unfinished_or_foreign_directory(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a comparison directory" in capsys.readouterr().err

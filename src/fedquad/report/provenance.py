@@ -21,7 +21,8 @@ def provenance(
     timing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """fedquad's version and git commit (None outside a git checkout), the libraries' versions,
-    the CPU, threads, device, precision and the timing source with its hash."""
+    the CPU with its kernel instruction sets, threads, device, precision and the timing source
+    with its hash."""
     if threads is None:
         import torch
 
@@ -32,6 +33,7 @@ def provenance(
         **{name: library_version(name) for name in LIBRARIES},
         "python": platform.python_version(),
         "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "threads": threads,
         "device": device,
         "precision": precision,
@@ -112,13 +114,26 @@ def cpu_isa(cpuinfo: str | None = None) -> list[str]:
     return [f for f in KERNEL_ISA if f in flags]
 
 
+def host_name(run_provenance: Mapping[str, Any] | None) -> str | None:
+    """The host a run's provenance names: its CPU model, with the kernel instruction sets where
+    the run recorded them; None where it recorded no CPU."""
+    if not run_provenance or not run_provenance.get("cpu"):
+        return None
+    isa = run_provenance.get("cpu_isa")
+    return run_provenance["cpu"] + (f" ({', '.join(isa) or 'no listed ISA'})" if isa is not None else "")
+
+
 def comparison_provenance(run_dirs: Mapping[str, Path]) -> dict[str, Any]:
     """A comparison's provenance: this process's (which wrote the tables) and each run's, as
     its ``summary.json`` recorded it (None where it has none)."""
-    runs: dict[str, Any] = {}
-    for label, run_dir in run_dirs.items():
-        try:
-            runs[label] = json.loads((Path(run_dir) / "summary.json").read_text())["provenance"]
-        except (OSError, ValueError, KeyError, TypeError):
-            runs[label] = None
+    runs = {label: run_provenance(run_dir) for label, run_dir in run_dirs.items()}
     return {"report": provenance(), "runs": runs}
+
+
+def run_provenance(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run's provenance as its ``summary.json`` recorded it (None where it has none)."""
+    try:
+        recorded = json.loads((Path(run_dir) / "summary.json").read_text())["provenance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None

@@ -29,6 +29,7 @@ from fedquad.report.compare import (
     peak_memory_per_tier,
 )
 from fedquad.report.memory_claim import MEASURED_FILE, memory_claim, read_measured
+from fedquad.report.provenance import host_name, run_provenance
 from fedquad.report.results import atomic_write_text, read_metrics
 from fedquad.report.retime import BOARD, RunCost, exact_on_board, read_run_cost, retime
 from fedquad.report.stats import (
@@ -81,6 +82,9 @@ class SeededRuns:
     """The plan's seeds; more than ``seeds`` in an interim report."""
     seed_commits: dict[int, str | None] = field(default_factory=dict)
     """The commit each seed ran at (a comparison can grow by seeds at a later commit)."""
+    seed_hosts: dict[int, list[str]] = field(default_factory=dict)
+    """The hosts each seed's runs recorded, in entry order (one, where the seed is paired on
+    hardware too; none, where its runs recorded no host)."""
 
 
 def run_dir(out: Path, label: str, seed: int) -> Path:
@@ -120,6 +124,7 @@ def read_runs(out: str | Path, interim: bool = False) -> SeededRuns:
             )
     metrics: dict[str, dict[int, list[dict[str, Any]]]] = {}
     costs: dict[str, dict[int, RunCost | None]] = {}
+    hosts: dict[int, list[str]] = {s: [] for s in seeds}
     for arm in arms:
         for seed in seeds:
             path = run_dir(out, arm.label, seed)
@@ -130,6 +135,9 @@ def read_runs(out: str | Path, interim: bool = False) -> SeededRuns:
                 )
             metrics.setdefault(arm.label, {})[seed] = read_metrics(path)
             costs.setdefault(arm.label, {})[seed] = read_run_cost(path)
+            host = host_name(run_provenance(path))
+            if host is not None and host not in hosts[seed]:
+                hosts[seed].append(host)
     return SeededRuns(
         arms,
         seeds,
@@ -140,6 +148,7 @@ def read_runs(out: str | Path, interim: bool = False) -> SeededRuns:
         measured=read_measured(out),
         planned_seeds=planned,
         seed_commits={s: c for s, c in stored_seed_commits(plan).items() if s in seeds},
+        seed_hosts=hosts,
     )
 
 
@@ -380,6 +389,7 @@ def report_data(runs: SeededRuns) -> dict[str, Any]:
         "seeds": runs.seeds,
         "planned_seeds": runs.planned_seeds or runs.seeds,
         "seed_commits": {str(s): c for s, c in runs.seed_commits.items()},
+        "seed_hosts": {str(s): h for s, h in runs.seed_hosts.items()},
         "targets": runs.targets,
         "entries": [
             {"label": a.label, "method": a.method, "set": list(a.overrides), "baseline": a.baseline}
@@ -895,6 +905,28 @@ def _commits_line(seed_commits: Mapping[str, str | None]) -> list[str]:
     return [f"Code: {'; '.join(parts)} (each seed's runs at one commit).", ""]
 
 
+def _hosts_line(seed_hosts: Mapping[str, Sequence[str]]) -> list[str]:
+    """Which host each seed ran on, seeds of one host together; a seed whose runs span hosts is
+    named apart, since its pairs then differ in hardware as well as in method."""
+    by_hosts: dict[tuple[str, ...], list[str]] = {}
+    for seed, hosts in seed_hosts.items():
+        if hosts:
+            by_hosts.setdefault(tuple(hosts), []).append(seed)
+    if not by_hosts:
+        return []
+    parts = [
+        f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(seeds)} on {' and '.join(hosts)}"
+        + (" (**its runs span hosts**)" if len(hosts) > 1 else "")
+        for hosts, seeds in by_hosts.items()
+    ]
+    return [
+        f"Hosts: {'; '.join(parts)}. The virtual clock is pinned, so times, plans and bytes do "
+        "not depend on the host; accuracy and loss are reproducible to the digit only on one "
+        "CPU family.",
+        "",
+    ]
+
+
 def markdown(data: Mapping[str, Any]) -> str:
     seeds = data["seeds"]
     lines = [
@@ -905,6 +937,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         f"{', '.join(data['baselines']) or 'none'}.",
         "",
         *_commits_line(data.get("seed_commits", {})),
+        *_hosts_line(data.get("seed_hosts", {})),
         *_interim_note(seeds, data.get("planned_seeds", seeds)),
         "A run reaches a target at the first round whose mean test accuracy over its last 3 "
         "evaluations reaches it, at that round's virtual time (simulated devices). Speed-up over "
