@@ -286,7 +286,8 @@ def test_a_report_names_each_seeds_host_and_a_seed_that_spans_hosts(tmp_path):
     out = tmp_path / "c"
     _fake_comparison(out, CURVES)
     write_report(out)
-    assert "Hosts:" not in (out / "comparison.md").read_text()  # runs that recorded no host: nothing to say
+    # runs that recorded no host: nothing to say
+    assert "Hosts:" not in (out / "comparison.md").read_text()
     for label in CURVES:
         _record_host(out / label / "seed-0", "AMD EPYC")
         _record_host(out / label / "seed-1", "Intel Xeon", ["avx2", "amx_bf16"])

@@ -119,8 +119,9 @@ def host_name(run_provenance: Mapping[str, Any] | None) -> str | None:
     the run recorded them; None where it recorded no CPU."""
     if not run_provenance or not run_provenance.get("cpu"):
         return None
+    cpu: str = run_provenance["cpu"]
     isa = run_provenance.get("cpu_isa")
-    return run_provenance["cpu"] + (f" ({', '.join(isa) or 'no listed ISA'})" if isa is not None else "")
+    return cpu if isa is None else f"{cpu} ({', '.join(isa) or 'no listed ISA'})"
 
 
 def comparison_provenance(run_dirs: Mapping[str, Path]) -> dict[str, Any]:
