@@ -232,6 +232,24 @@ def test_report_numbers_and_not_reached(tmp_path):
     assert runs["fedquad"]["device_rounds_sat_out"] == [2, 2]
 
 
+def test_the_report_splits_a_time_to_target_into_rounds_and_seconds_per_round(tmp_path):
+    _fake_comparison(tmp_path / "c", CURVES)
+    data = write_report(tmp_path / "c")
+    low = {item["label"]: item for item in data["per_target"][0]["labels"]}  # 0.7
+    fedquad, fedlora = low["fedquad"]["pace_to_target"], low["fedlora"]["pace_to_target"]
+    assert fedquad["per_seed_rounds"] == [3.0, 3.0]
+    assert fedquad["per_seed_seconds_per_round"] == [1.0, 1.0]
+    assert (fedlora["reached"], fedlora["mean_rounds"], fedlora["mean_seconds_per_round"]) == (
+        1,
+        3.0,
+        2.0,
+    )
+    assert fedlora["per_seed_rounds"] == [3.0, None]
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    assert "| fedlora | 1 of 2 | 3.0 | 2.0 | 3 (2.0) | not reached |" in md
+    assert "| fedquad | 2 of 2 | 3.0 | 1.0 | 3 (1.0) | 3 (1.0) |" in md
+
+
 def test_the_report_counts_each_tiers_depths_and_quantized_blocks(tmp_path):
     _fake_comparison(tmp_path / "c", CURVES)
     run = tmp_path / "c" / "fedquad" / "seed-1"

@@ -181,6 +181,30 @@ def _bytes(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None
     return _crossings(runs, target, lambda c: float(c.bytes))
 
 
+def _rounds(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None]:
+    return _crossings(runs, target, lambda c: float(c.round))
+
+
+def _pace(rounds: Mapping[int, float | None], times: Mapping[int, float | None]) -> dict[str, Any]:
+    """How a time to target splits into rounds and seconds per round: each seed's crossing
+    round, and the mean virtual seconds of the rounds up to it (time to target / rounds)."""
+    seeds = sorted(rounds)
+    pairs: dict[int, tuple[float, float]] = {}
+    for seed in seeds:
+        r, t = rounds[seed], times[seed]
+        if r is not None and t is not None:
+            pairs[seed] = (r, t / r)
+    n = len(pairs)
+    return {
+        "reached": n,
+        "seeds": len(seeds),
+        "mean_rounds": sum(r for r, _ in pairs.values()) / n if n else None,
+        "mean_seconds_per_round": sum(p for _, p in pairs.values()) / n if n else None,
+        "per_seed_rounds": [rounds[s] for s in seeds],
+        "per_seed_seconds_per_round": [pairs[s][1] if s in pairs else None for s in seeds],
+    }
+
+
 def _summary(values: Mapping[int, float | None]) -> dict[str, Any]:
     reached = [v for v in values.values() if v is not None]
     return {
@@ -227,6 +251,7 @@ def _per_target(
             item: dict[str, Any] = {
                 "label": arm.label,
                 "time_to_target_seconds": _summary(times[arm.label]),
+                "pace_to_target": _pace(_rounds(metrics[arm.label], target), times[arm.label]),
             }
             if with_bytes:
                 item["bytes_to_target"] = _summary(nbytes[arm.label])
@@ -491,6 +516,29 @@ def _reached_table(
     return _table(header, rows)
 
 
+def _pace_table(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    header = ["label", "reached", "mean rounds", "mean s per round", *(f"seed {s}" for s in seeds)]
+    rows = []
+    for item in data["labels"]:
+        p = item["pace_to_target"]
+        rounds, pace = p["mean_rounds"], p["mean_seconds_per_round"]
+        rows.append(
+            [
+                item["label"],
+                f"{p['reached']} of {p['seeds']}",
+                NOT_REACHED if rounds is None else f"{rounds:.1f}",
+                NOT_REACHED if pace is None else f"{pace:.1f}",
+                *(
+                    NOT_REACHED if t is None else f"{r:.0f} ({t:.1f})"
+                    for r, t in zip(
+                        p["per_seed_rounds"], p["per_seed_seconds_per_round"], strict=True
+                    )
+                ),
+            ]
+        )
+    return _table(header, rows)
+
+
 def _ratio_table(
     data: Mapping[str, Any],
     key: str,
@@ -555,6 +603,12 @@ def _host_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
             "### Time to target (virtual s)",
             "",
             *_reached_table(block, "time_to_target_seconds", 1.0, ".1f", "s", seeds),
+            "### Rounds to target and seconds per round",
+            "",
+            "Time to target = rounds to it × the mean virtual seconds of those rounds: a speed-up "
+            "is a ratio of round lengths times a ratio of rounds. Per seed: rounds (s per round).",
+            "",
+            *_pace_table(block, seeds),
             "### Speed-up",
             "",
             *_speedup_table(block, seeds),
