@@ -33,6 +33,7 @@ from fedquad.report.provenance import host_name, run_provenance
 from fedquad.report.results import atomic_write_text, read_metrics
 from fedquad.report.retime import BOARD, RunCost, exact_on_board, read_run_cost, retime
 from fedquad.report.stats import (
+    Crossing,
     PairedSpeedup,
     accuracy_at,
     accuracy_curve,
@@ -163,45 +164,46 @@ def stored_seed_commits(plan: Mapping[str, Any]) -> dict[int, str | None]:
 # --------------------------------------------------------------------------- the numbers
 
 
-def _crossings(
-    runs: Mapping[int, Metrics], target: float, value: Callable[[Any], float]
+def _crossed(runs: Mapping[int, Metrics], target: float) -> dict[int, Crossing | None]:
+    return {seed: trailing_mean_crossing(metrics, target) for seed, metrics in runs.items()}
+
+
+def _values(
+    crossed: Mapping[int, Crossing | None], value: Callable[[Crossing], float]
 ) -> dict[int, float | None]:
-    out: dict[int, float | None] = {}
-    for seed, metrics in runs.items():
-        c = trailing_mean_crossing(metrics, target)
-        out[seed] = None if c is None else value(c)
-    return out
+    return {seed: None if c is None else value(c) for seed, c in crossed.items()}
+
+
+def _seconds(crossed: Mapping[int, Crossing | None]) -> dict[int, float | None]:
+    return _values(crossed, lambda c: c.virtual_seconds)
+
+
+def _byte_counts(crossed: Mapping[int, Crossing | None]) -> dict[int, float | None]:
+    return _values(crossed, lambda c: float(c.bytes))
 
 
 def _times(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None]:
-    return _crossings(runs, target, lambda c: c.virtual_seconds)
+    return _seconds(_crossed(runs, target))
 
 
 def _bytes(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None]:
-    return _crossings(runs, target, lambda c: float(c.bytes))
+    return _byte_counts(_crossed(runs, target))
 
 
-def _rounds(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None]:
-    return _crossings(runs, target, lambda c: float(c.round))
-
-
-def _pace(rounds: Mapping[int, float | None], times: Mapping[int, float | None]) -> dict[str, Any]:
+def _pace(crossed: Mapping[int, Crossing | None]) -> dict[str, Any]:
     """How a time to target splits into rounds and seconds per round: each seed's crossing
     round, and the mean virtual seconds of the rounds up to it (time to target / rounds)."""
-    seeds = sorted(rounds)
-    pairs: dict[int, tuple[float, float]] = {}
-    for seed in seeds:
-        r, t = rounds[seed], times[seed]
-        if r is not None and t is not None:
-            pairs[seed] = (r, t / r)
-    n = len(pairs)
+    seeds = sorted(crossed)
+    reached = {s: c for s in seeds if (c := crossed[s]) is not None}
+    per_round = {s: c.virtual_seconds / c.round for s, c in reached.items()}
+    n = len(reached)
     return {
         "reached": n,
         "seeds": len(seeds),
-        "mean_rounds": sum(r for r, _ in pairs.values()) / n if n else None,
-        "mean_seconds_per_round": sum(p for _, p in pairs.values()) / n if n else None,
-        "per_seed_rounds": [rounds[s] for s in seeds],
-        "per_seed_seconds_per_round": [pairs[s][1] if s in pairs else None for s in seeds],
+        "mean_rounds": sum(c.round for c in reached.values()) / n if n else None,
+        "mean_seconds_per_round": sum(per_round.values()) / n if n else None,
+        "per_seed_rounds": [float(reached[s].round) if s in reached else None for s in seeds],
+        "per_seed_seconds_per_round": [per_round.get(s) for s in seeds],
     }
 
 
@@ -240,8 +242,9 @@ def _per_target(
     baseline and the best one."""
     blocks = []
     for target in targets:
-        times = {a.label: _times(metrics[a.label], target) for a in arms}
-        nbytes = {a.label: _bytes(metrics[a.label], target) for a in arms} if with_bytes else {}
+        crossed = {a.label: _crossed(metrics[a.label], target) for a in arms}
+        times = {label: _seconds(c) for label, c in crossed.items()}
+        nbytes = {label: _byte_counts(c) for label, c in crossed.items()} if with_bytes else {}
         best = best_baseline({b: times[b] for b in baselines})
         labels = []
         for arm in arms:
@@ -251,7 +254,7 @@ def _per_target(
             item: dict[str, Any] = {
                 "label": arm.label,
                 "time_to_target_seconds": _summary(times[arm.label]),
-                "pace_to_target": _pace(_rounds(metrics[arm.label], target), times[arm.label]),
+                "pace_to_target": _pace(crossed[arm.label]),
             }
             if with_bytes:
                 item["bytes_to_target"] = _summary(nbytes[arm.label])
