@@ -31,6 +31,8 @@ difference of accuracies on a test set is far larger (1/872 on SST-2)."""
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
+INTERVAL_DIGITS = 12
+"""Significant digits an interval's ends keep (far below any difference a report shows)."""
 
 
 # --------------------------------------------------------------------------- crossing a target
@@ -210,7 +212,13 @@ def bootstrap_interval(
     means = np.exp(logs[picks].mean(axis=1))
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return _host_free(float(low)), _host_free(float(high))
+
+
+def _host_free(value: float) -> float:
+    """``value`` to 12 significant digits: numpy's vectorised log and exp differ in the last bit
+    between CPU instruction sets, and a report must rebuild byte-identically on any host."""
+    return float(f"{value:.{INTERVAL_DIGITS}g}")
 
 
 # --------------------------------------------------------------------------- best baseline
