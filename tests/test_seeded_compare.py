@@ -17,6 +17,7 @@ from fedquad.report.seeded import (
     PLAN_FILE,
     read_runs,
     report_data,
+    shown_rounds,
     stored_seed_commits,
     write_report,
 )
@@ -265,6 +266,36 @@ def test_the_report_counts_each_tiers_depths_and_quantized_blocks(tmp_path):
     md = (tmp_path / "c" / "comparison.md").read_text()
     assert "| fedquad | 4 / 7 | 2 / 2 | 0 / 3 | 0 / 0 | 0 / 0 |" in md
     assert "| fedquad | d1 q0: 8, d3 q2: 3 |" in md
+
+
+def test_the_report_shows_how_far_each_label_gets_per_round(tmp_path):
+    curves = {**CURVES, "fedlora": {0: CURVES["fedlora"][0], 1: ([0.5, 0.5, 0.5], 2.0)}}
+    _fake_comparison(tmp_path / "c", curves)
+    run = tmp_path / "c" / "fedquad" / "seed-0"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    records[1]["test_accuracy"] = None  # not evaluated in round 2: round 1's value holds
+    records[0]["devices"].append({**records[0]["devices"][0], "depth": 5})
+    records[0]["bytes_up"] = 5000
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = write_report(tmp_path / "c")
+    runs = {r["label"]: r for r in data["runs"]}
+    fedquad = runs["fedquad"]
+    assert [a["mean"] for a in fedquad["accuracy_by_round"]] == pytest.approx(
+        [0.6, 0.65, 0.8, 0.85]
+    )
+    assert fedquad["trained_depth_mean"] == pytest.approx(13 / 9)  # eight at depth 1, one at 5
+    assert fedquad["bytes_up_per_round_mean"] == pytest.approx((5000 + 7 * 1000) / 8)
+    # a seed whose run ended early counts in the rounds it has
+    assert runs["fedlora"]["accuracy_by_round"][3] == {"mean": 0.9, "seeds": 1}
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    assert "| label | depth per device-round | MB up per round | round 1 | round 2 |" in md
+    assert "| fedlora | 1.00 | 0.00 | 0.5500 | 0.6000 | 0.6500 | 0.9000 (1) |" in md
+
+
+def test_a_long_run_shows_ten_evenly_spaced_rounds_ending_at_the_last():
+    assert shown_rounds(4) == [1, 2, 3, 4]
+    assert shown_rounds(20) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert shown_rounds(15) == [2, 3, 5, 6, 8, 9, 11, 12, 14, 15]
 
 
 def test_report_rebuilds_byte_identically(tmp_path, capsys):

@@ -12,6 +12,7 @@ from fedquad.report.stats import (
     BudgetAccuracy,
     Crossing,
     accuracy_at,
+    accuracy_by_round,
     accuracy_curve,
     best_baseline,
     bootstrap_interval,
@@ -120,6 +121,12 @@ def test_the_bootstrap_does_not_move_with_the_last_bit_of_exp(monkeypatch):
     assert elsewhere == here
     # without the rounding the two would differ
     assert off_by_one_ulp(np.log(here[0])) != exact(np.log(here[0]))
+
+
+def test_accuracy_by_round_holds_the_last_evaluation():
+    records = [{"test_accuracy": None}, {"test_accuracy": 0.6}, {}, {"test_accuracy": 0.7}]
+    assert accuracy_by_round(records) == [None, 0.6, 0.6, 0.7]
+    assert accuracy_by_round([]) == []
 
 
 def test_one_seed_gives_a_number_but_no_interval_and_no_seed_no_number():

@@ -36,6 +36,7 @@ from fedquad.report.stats import (
     Crossing,
     PairedSpeedup,
     accuracy_at,
+    accuracy_by_round,
     accuracy_curve,
     best_baseline,
     geometric_mean,
@@ -51,6 +52,8 @@ NOT_REACHED = "not reached"
 NO_VALUE = "—"
 BEST = "best baseline"
 PLANNED_ON_HOST = "re-timed, planned on the host clock"
+ROUND_COLUMNS = 10
+"""Rounds the learning-per-round table shows at most."""
 RECORD_FLAGS = ("quantized", "over_budget", "checkpointed")
 """Device-record fields counted per run where a record carries them (older records do not)."""
 
@@ -463,6 +466,8 @@ def _runs_json(label: str, by_seed: Mapping[int, Metrics]) -> dict[str, Any]:
     finals = [final_accuracy(by_seed[s]) for s in seeds]
     present = [f for f in finals if f is not None]
     configs = configs_per_tier(by_seed)
+    depths = [d["depth"] for s in seeds for r in by_seed[s] for d in r["devices"]]
+    uploads = [r["bytes_up"] for s in seeds for r in by_seed[s]]
     return {
         "label": label,
         "rounds": [len(by_seed[s]) for s in seeds],
@@ -475,7 +480,20 @@ def _runs_json(label: str, by_seed: Mapping[int, Metrics]) -> dict[str, Any]:
         "peak_memory_bytes": {t: peaks[t] for t in tiers if t in peaks},
         "memory_budget_bytes": {t: budgets[t] for t in tiers if t in budgets},
         "configs_per_tier": {t: configs[t] for t in tiers if t in configs},
+        "accuracy_by_round": _mean_by_round([accuracy_by_round(by_seed[s]) for s in seeds]),
+        "trained_depth_mean": math.fsum(depths) / len(depths) if depths else None,
+        "bytes_up_per_round_mean": math.fsum(uploads) / len(uploads) if uploads else None,
     }
+
+
+def _mean_by_round(per_seed: Sequence[Sequence[float | None]]) -> list[dict[str, Any]]:
+    """Per round, the mean accuracy over the seeds that have one then, and their number."""
+    out = []
+    for k in range(max(map(len, per_seed), default=0)):
+        present = [v for a in per_seed if k < len(a) and (v := a[k]) is not None]
+        mean = math.fsum(present) / len(present) if present else None
+        out.append({"mean": mean, "seeds": len(present)})
+    return out
 
 
 # --------------------------------------------------------------------------- the tables
@@ -752,6 +770,7 @@ def _run_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
             ],
         ),
     ]
+    lines += _learning_section(runs, len(seeds))
     tiers = list(dict.fromkeys(t for r in runs for t in r["peak_memory_bytes"]))
     budgets: dict[str, int] = {}
     for r in runs:
@@ -798,6 +817,61 @@ def _run_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
         *_configs_section(runs, tiers),
     ]
     return lines
+
+
+def shown_rounds(rounds: int, columns: int = ROUND_COLUMNS) -> list[int]:
+    """Which rounds (1-based) a table of ``columns`` columns shows: all of them when they fit,
+    else ``columns`` evenly spaced ones ending at the last."""
+    if rounds <= columns:
+        return list(range(1, rounds + 1))
+    return sorted({math.ceil(rounds * i / columns) for i in range(1, columns + 1)})
+
+
+def _learning_section(runs: Sequence[Mapping[str, Any]], seeds: int) -> list[str]:
+    """The rounds' side of a time to target: how far each label gets per round, beside how much
+    of the model a device trains and sends in one."""
+    rounds = max((len(r.get("accuracy_by_round", [])) for r in runs), default=0)
+    if not rounds:
+        return []
+    shown = shown_rounds(rounds)
+
+    def cell(at: Mapping[str, Any] | None) -> str:
+        if at is None or at["mean"] is None:
+            return NO_VALUE
+        return f"{at['mean']:.4f}" + ("" if at["seeds"] == seeds else f" ({at['seeds']})")
+
+    def by_round(r: Mapping[str, Any], k: int) -> Mapping[str, Any] | None:
+        values = r["accuracy_by_round"]
+        return values[k - 1] if k <= len(values) else None
+
+    rows = [
+        [
+            r["label"],
+            _num(r["trained_depth_mean"], ".2f"),
+            _num(
+                None
+                if r["bytes_up_per_round_mean"] is None
+                else r["bytes_up_per_round_mean"] / 1e6,
+                ".2f",
+            ),
+            *(cell(by_round(r, k)) for k in shown),
+        ]
+        for r in runs
+    ]
+    return [
+        "## Learning per round",
+        "",
+        "A time to target is rounds times seconds per round; this is the rounds' side. Mean test "
+        "accuracy over the seeds after each round (its last evaluation at or before the round; "
+        "a count in brackets where fewer seeds have one), beside the mean LoRA depth of a "
+        "trained device-round and the mean megabytes uploaded per round (the LoRA parameters "
+        "the round trained).",
+        "",
+        *_table(
+            ["label", "depth per device-round", "MB up per round", *(f"round {k}" for k in shown)],
+            rows,
+        ),
+    ]
 
 
 def _configs_section(runs: Sequence[Mapping[str, Any]], tiers: Sequence[str]) -> list[str]:

@@ -275,6 +275,18 @@ def accuracy_curve(metrics: Metrics) -> list[tuple[float, float]]:
     ]
 
 
+def accuracy_by_round(metrics: Metrics) -> list[float | None]:
+    """A run's test accuracy after each of its rounds: the last evaluation at or before that
+    round (held until the next one), ``None`` before its first evaluation."""
+    out: list[float | None] = []
+    last: float | None = None
+    for record in metrics:
+        if record.get("test_accuracy") is not None:
+            last = float(record["test_accuracy"])
+        out.append(last)
+    return out
+
+
 def common_grid(curves: Iterable[Curve], points: int = 200) -> tuple[float, ...]:
     """``points`` evenly spaced virtual times from 0 to the latest evaluation of any seed."""
     if points < 2:
