@@ -830,7 +830,7 @@ def shown_rounds(rounds: int, columns: int = ROUND_COLUMNS) -> list[int]:
 def _learning_section(runs: Sequence[Mapping[str, Any]], seeds: int) -> list[str]:
     """The rounds' side of a time to target: how far each label gets per round, beside how much
     of the model a device trains and sends in one."""
-    rounds = max((len(r.get("accuracy_by_round", [])) for r in runs), default=0)
+    rounds = max((len(r["accuracy_by_round"]) for r in runs), default=0)
     if not rounds:
         return []
     shown = shown_rounds(rounds)
@@ -844,20 +844,15 @@ def _learning_section(runs: Sequence[Mapping[str, Any]], seeds: int) -> list[str
         values = r["accuracy_by_round"]
         return values[k - 1] if k <= len(values) else None
 
-    rows = [
-        [
+    def row(r: Mapping[str, Any]) -> list[str]:
+        up = r["bytes_up_per_round_mean"]
+        return [
             r["label"],
             _num(r["trained_depth_mean"], ".2f"),
-            _num(
-                None
-                if r["bytes_up_per_round_mean"] is None
-                else r["bytes_up_per_round_mean"] / 1e6,
-                ".2f",
-            ),
+            _num(None if up is None else up / 1e6, ".2f"),
             *(cell(by_round(r, k)) for k in shown),
         ]
-        for r in runs
-    ]
+
     return [
         "## Learning per round",
         "",
@@ -869,7 +864,7 @@ def _learning_section(runs: Sequence[Mapping[str, Any]], seeds: int) -> list[str
         "",
         *_table(
             ["label", "depth per device-round", "MB up per round", *(f"round {k}" for k in shown)],
-            rows,
+            [row(r) for r in runs],
         ),
     ]
 

@@ -216,8 +216,9 @@ def bootstrap_interval(
 
 
 def _host_free(value: float) -> float:
-    """``value`` to 12 significant digits: numpy's vectorised log and exp differ in the last bit
-    between CPU instruction sets, and a report must rebuild byte-identically on any host."""
+    """``value`` to INTERVAL_DIGITS significant digits: numpy's vectorised log and exp differ in
+    the last bit between CPU instruction sets, and a report must rebuild byte-identically on any
+    host."""
     return float(f"{value:.{INTERVAL_DIGITS}g}")
 
 
