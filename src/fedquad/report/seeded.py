@@ -342,13 +342,13 @@ def _budgets(runs: SeededRuns) -> dict[str, Any] | None:
         at = []
         for budget in runs.budgets:
             values = [accuracy_at(curve, budget) for curve in curves]
-            present = [v.accuracy for v in values if v.accuracy is not None]
+            accuracies = [v.accuracy for v in values]
             at.append(
                 {
                     "budget_seconds": budget,
-                    "mean": math.fsum(present) / len(present) if present else None,
-                    "seeds": len(present),
-                    "per_seed": [v.accuracy for v in values],
+                    "mean": _mean(accuracies),
+                    "seeds": _present(accuracies),
+                    "per_seed": accuracies,
                     "ended": [v.ended for v in values],
                 }
             )
@@ -464,7 +464,6 @@ def _runs_json(label: str, by_seed: Mapping[int, Metrics]) -> dict[str, Any]:
         for tier, budget in budget_per_tier(by_seed[s]).items():
             budgets[tier] = max(budgets.get(tier, 0), budget)
     finals = [final_accuracy(by_seed[s]) for s in seeds]
-    present = [f for f in finals if f is not None]
     configs = configs_per_tier(by_seed)
     depths = [d["depth"] for s in seeds for r in by_seed[s] for d in r["devices"]]
     uploads = [r["bytes_up"] for s in seeds for r in by_seed[s]]
@@ -472,7 +471,7 @@ def _runs_json(label: str, by_seed: Mapping[int, Metrics]) -> dict[str, Any]:
         "label": label,
         "rounds": [len(by_seed[s]) for s in seeds],
         "final_accuracy": finals,
-        "final_accuracy_mean": math.fsum(present) / len(present) if present else None,
+        "final_accuracy_mean": _mean(finals),
         "device_rounds_trained": [sum(len(r["devices"]) for r in by_seed[s]) for s in seeds],
         "device_rounds_sat_out": [sum(len(r["sat_out"]) for r in by_seed[s]) for s in seeds],
         **{f"device_rounds_{k}": [_flagged(by_seed[s], k) for s in seeds] for k in RECORD_FLAGS},
@@ -481,8 +480,8 @@ def _runs_json(label: str, by_seed: Mapping[int, Metrics]) -> dict[str, Any]:
         "memory_budget_bytes": {t: budgets[t] for t in tiers if t in budgets},
         "configs_per_tier": {t: configs[t] for t in tiers if t in configs},
         "accuracy_by_round": _mean_by_round([accuracy_by_round(by_seed[s]) for s in seeds]),
-        "trained_depth_mean": math.fsum(depths) / len(depths) if depths else None,
-        "bytes_up_per_round_mean": math.fsum(uploads) / len(uploads) if uploads else None,
+        "trained_depth_mean": _mean(depths),
+        "bytes_up_per_round_mean": _mean(uploads),
     }
 
 
@@ -490,10 +489,19 @@ def _mean_by_round(per_seed: Sequence[Sequence[float | None]]) -> list[dict[str,
     """Per round, the mean accuracy over the seeds that have one then, and their number."""
     out = []
     for k in range(max(map(len, per_seed), default=0)):
-        present = [v for a in per_seed if k < len(a) and (v := a[k]) is not None]
-        mean = math.fsum(present) / len(present) if present else None
-        out.append({"mean": mean, "seeds": len(present)})
+        at = [a[k] if k < len(a) else None for a in per_seed]
+        out.append({"mean": _mean(at), "seeds": _present(at)})
     return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean of the values present; ``None`` where there are none."""
+    present = [v for v in values if v is not None]
+    return math.fsum(present) / len(present) if present else None
+
+
+def _present(values: Sequence[float | None]) -> int:
+    return sum(v is not None for v in values)
 
 
 # --------------------------------------------------------------------------- the tables
