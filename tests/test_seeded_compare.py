@@ -17,10 +17,10 @@ from fedquad.report.seeded import (
     PLAN_FILE,
     read_runs,
     report_data,
-    shown_rounds,
     stored_seed_commits,
     write_report,
 )
+from fedquad.report.seeded_tables import shown_rounds
 from fedquad.seeded_compare import (
     Entry,
     Plan,

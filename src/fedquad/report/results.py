@@ -23,6 +23,8 @@ from fedquad.errors import FedquadError
 FILE_MODE = 0o666
 """Mode of every file a run writes, before the umask (tempfile's 0600 would differ from the
 0644 of files written by ``open``)."""
+RECORD_FLAGS = ("quantized", "over_budget", "checkpointed")
+"""Device-record fields counted per run where a record carries them (older records do not)."""
 
 
 def umask() -> int:

@@ -224,6 +224,9 @@ def _host_free(value: float) -> float:
 
 # --------------------------------------------------------------------------- best baseline
 
+BEST = "best baseline"
+"""How a comparison names the best baseline of a target, before the label it stands for."""
+
 
 def best_baseline(times: Mapping[str, Mapping[Seed, float | None]]) -> str | None:
     """The baseline with the smallest geometric-mean time to target over its seeds.
