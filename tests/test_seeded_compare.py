@@ -20,7 +20,7 @@ from fedquad.report.seeded import (
     stored_seed_commits,
     write_report,
 )
-from fedquad.report.seeded_tables import shown_rounds
+from fedquad.report.seeded_tables import primary_target, shown_rounds
 from fedquad.seeded_compare import (
     Entry,
     Plan,
@@ -249,6 +249,21 @@ def test_the_report_splits_a_time_to_target_into_rounds_and_seconds_per_round(tm
     md = (tmp_path / "c" / "comparison.md").read_text()
     assert "| fedlora | 1 of 2 | 3.0 | 2.0 | 3 (2.0) | not reached |" in md
     assert "| fedquad | 2 of 2 | 3.0 | 1.0 | 3 (1.0) | 3 (1.0) |" in md
+
+
+def test_the_report_sums_up_each_entry_at_the_primary_target(tmp_path):
+    assert primary_target([0.82, 0.78, 0.80]) == 0.80
+    assert primary_target([0.7, 0.9]) == 0.7
+    curves = {**CURVES, "fedlora-slow": {0: CURVES["fedlora-slow"][0], 1: ([0.5] * 4, 4.0)}}
+    _fake_comparison(tmp_path / "c", curves)
+    write_report(tmp_path / "c")
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    glance = md[md.index("## Each entry at 0.70") : md.index("## Target 0.7000")]
+    assert "| peak MiB, small (2) |" in glance
+    # 3 rounds of 1 s in both seeds, 6 kB each; 4 trained and 2 sat out per seed
+    assert "| fedquad | 3 | 3.0 × 1.0 | 0.0 | 0.850 | 8 / 4 | 1 |" in glance
+    assert "| fedlora | 6 (1 of 2) | 3.0 × 2.0 | 0.0 (1 of 2) | 0.700 | 8 / 4 | 1 |" in glance
+    assert "| fedlora-slow | 12 (1 of 2) | 3.0 × 4.0 |" in glance
 
 
 def test_the_report_counts_each_tiers_depths_and_quantized_blocks(tmp_path):

@@ -430,6 +430,83 @@ def _threshold(row: Mapping[str, Any]) -> str:
     return f"{'≤' if row['lower_is_better'] else '≥'} {row['threshold']:.2f}×"
 
 
+def primary_target(targets: Sequence[float]) -> float:
+    """The target a comparison is summed up at: the middle one (docs/methods.md §8 fixes 0.78,
+    0.80 as the primary, 0.82), the lower of the two middle ones for an even count."""
+    ordered = sorted(targets)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _glance_section(data: Mapping[str, Any]) -> list[str]:
+    """One row per entry at the primary target: the figures a results page quotes side by side,
+    each taken from the fuller tables below."""
+    if not data["per_target"]:
+        return []
+    target = primary_target(data["targets"])
+    block = next(b for b in data["per_target"] if b["target_accuracy"] == target)
+    runs = {r["label"]: r for r in data["runs"]}
+    tiers = list(dict.fromkeys(t for r in data["runs"] for t in r["peak_memory_bytes"]))
+    budgets: dict[str, int] = {}
+    for r in data["runs"]:
+        for tier, budget in r["memory_budget_bytes"].items():
+            budgets[tier] = max(budgets.get(tier, 0), budget)
+
+    def reached(summary: Mapping[str, Any], scale: float, fmt: str) -> str:
+        gm = summary["geometric_mean"]
+        if gm is None:
+            return NOT_REACHED
+        cell = format(gm / scale, fmt)
+        if summary["reached"] < summary["seeds"]:
+            cell += f" ({summary['reached']} of {summary['seeds']})"
+        return cell
+
+    def pace(p: Mapping[str, Any]) -> str:
+        if p["mean_rounds"] is None:
+            return NOT_REACHED
+        return f"{p['mean_rounds']:.1f} × {p['mean_seconds_per_round']:.1f}"
+
+    def peak(r: Mapping[str, Any], tier: str) -> str:
+        value = r["peak_memory_bytes"].get(tier)
+        return NO_VALUE if value is None else f"{value / MIB:.0f}"
+
+    rows = []
+    for item in block["labels"]:
+        r = runs[item["label"]]
+        accuracy = r["final_accuracy_mean"]
+        rows.append(
+            [
+                item["label"],
+                reached(item["time_to_target_seconds"], 1.0, ".0f"),
+                pace(item["pace_to_target"]),
+                reached(item["bytes_to_target"], 1e6, ".1f"),
+                NO_VALUE if accuracy is None else f"{accuracy:.3f}",
+                f"{sum(r['device_rounds_trained'])} / {sum(r['device_rounds_sat_out'])}",
+                *(peak(r, t) for t in tiers),
+            ]
+        )
+    header = [
+        "label",
+        f"time to {target:.2f} (s)",
+        "rounds × s per round",
+        f"MB to {target:.2f}",
+        "final accuracy",
+        "device-rounds trained / sat out",
+        *(f"peak MiB, {t} ({budgets[t] / MIB:.0f})" if t in budgets else f"peak MiB, {t}"
+          for t in tiers),
+    ]  # fmt: skip
+    return [
+        f"## Each entry at {target:.2f}",
+        "",
+        "The primary target's figures side by side, from the tables below: time and bytes to "
+        "target as geometric means over the seeds that reached (their count where some did not), "
+        "rounds to target × the mean virtual seconds of those rounds, final accuracy the mean "
+        "over the seeds, device-rounds summed over the seeds, and the largest predicted training "
+        "memory of a trained device per tier (its budget in brackets).",
+        "",
+        *_table(header, rows),
+    ]
+
+
 def _claims_section(data: Mapping[str, Any]) -> list[str]:
     found = data["claims"]
     keyed = []  # (claim's place, target's place, row): each claim's targets side by side
@@ -598,6 +675,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         ),
         "",
         *_claims_section(data),
+        *_glance_section(data),
         *_host_sections(data, seeds),
         *_board_sections(data, seeds),
         *_budget_section(data, seeds),
