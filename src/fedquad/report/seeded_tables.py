@@ -268,6 +268,18 @@ def _budget_section(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     return [*lines, *_table(header, rows)]
 
 
+def _tiers_and_budgets(
+    runs: Sequence[Mapping[str, Any]],
+) -> tuple[list[str], dict[str, int]]:
+    """The tiers that trained in any run, in the runs' order, and each tier's largest budget."""
+    tiers = list(dict.fromkeys(t for r in runs for t in r["peak_memory_bytes"]))
+    budgets: dict[str, int] = {}
+    for r in runs:
+        for tier, budget in r["memory_budget_bytes"].items():
+            budgets[tier] = max(budgets.get(tier, 0), budget)
+    return tiers, budgets
+
+
 def _run_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     runs = data["runs"]
 
@@ -290,11 +302,7 @@ def _run_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
         ),
     ]
     lines += _learning_section(runs, len(seeds))
-    tiers = list(dict.fromkeys(t for r in runs for t in r["peak_memory_bytes"]))
-    budgets: dict[str, int] = {}
-    for r in runs:
-        for tier, budget in r["memory_budget_bytes"].items():
-            budgets[tier] = max(budgets.get(tier, 0), budget)
+    tiers, budgets = _tiers_and_budgets(runs)
 
     def mib(values: Mapping[str, int], tier: str) -> str:
         return f"{values[tier] / MIB:.1f}" if tier in values else NO_VALUE
@@ -445,11 +453,7 @@ def _glance_section(data: Mapping[str, Any]) -> list[str]:
     target = primary_target(data["targets"])
     block = next(b for b in data["per_target"] if b["target_accuracy"] == target)
     runs = {r["label"]: r for r in data["runs"]}
-    tiers = list(dict.fromkeys(t for r in data["runs"] for t in r["peak_memory_bytes"]))
-    budgets: dict[str, int] = {}
-    for r in data["runs"]:
-        for tier, budget in r["memory_budget_bytes"].items():
-            budgets[tier] = max(budgets.get(tier, 0), budget)
+    tiers, budgets = _tiers_and_budgets(data["runs"])
 
     def reached(summary: Mapping[str, Any], scale: float, fmt: str) -> str:
         gm = summary["geometric_mean"]
