@@ -31,6 +31,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
+def _section(
+    title: str, intro: str, header: Sequence[str], rows: Sequence[Sequence[str]]
+) -> list[str]:
+    """A second-level section: its title, one paragraph saying what the table shows, the table."""
+    return [f"## {title}", "", intro, "", *_table(header, rows)]
+
+
 def _reached_table(
     data: Mapping[str, Any],
     key: str,
@@ -380,40 +387,29 @@ def _learning_section(runs: Sequence[Mapping[str, Any]], seeds: int) -> list[str
             *(cell(by_round(r, k)) for k in shown),
         ]
 
-    return [
-        "## Learning per round",
-        "",
+    return _section(
+        "Learning per round",
         "A time to target is rounds times seconds per round; this is the rounds' side. Mean test "
         "accuracy over the seeds after each round (its last evaluation at or before the round; "
         "a count in brackets where fewer seeds have one), beside the mean LoRA depth of a "
         "trained device-round and the mean megabytes uploaded per round (the LoRA parameters "
         "the round trained).",
-        "",
-        *_table(
-            ["label", "depth per device-round", "MB up per round", *(f"round {k}" for k in shown)],
-            [row(r) for r in runs],
-        ),
-    ]
+        ["label", "depth per device-round", "MB up per round", *(f"round {k}" for k in shown)],
+        [row(r) for r in runs],
+    )
 
 
 def _configs_section(runs: Sequence[Mapping[str, Any]], tiers: Sequence[str]) -> list[str]:
     def cell(configs: Mapping[str, int] | None) -> str:
         return ", ".join(f"{k}: {n}" for k, n in configs.items()) if configs else NO_VALUE
 
-    return [
-        "## Depth and quantized blocks per tier",
-        "",
+    return _section(
+        "Depth and quantized blocks per tier",
         "Trained device-rounds over every seed by LoRA depth d and number of quantized blocks q, "
         "the most frequent first.",
-        "",
-        *_table(
-            ["label", *tiers],
-            [
-                [r["label"], *(cell(r.get("configs_per_tier", {}).get(t)) for t in tiers)]
-                for r in runs
-            ],
-        ),
-    ]
+        ["label", *tiers],
+        [[r["label"], *(cell(r.get("configs_per_tier", {}).get(t)) for t in tiers)] for r in runs],
+    )
 
 
 def _claim_cell(row: Mapping[str, Any] | None, named: str | None = None) -> str:
@@ -498,17 +494,16 @@ def _glance_section(data: Mapping[str, Any]) -> list[str]:
         *(f"peak MiB, {t} ({budgets[t] / MIB:.0f})" if t in budgets else f"peak MiB, {t}"
           for t in tiers),
     ]  # fmt: skip
-    return [
-        f"## Each entry at {target:.2f}",
-        "",
+    return _section(
+        f"Each entry at {target:.2f}",
         "The primary target's figures side by side, from the tables below: time and bytes to "
         "target as geometric means over the seeds that reached (their count where some did not), "
         "rounds to target × the mean virtual seconds of those rounds, final accuracy the mean "
         "over the seeds, device-rounds summed over the seeds, and the largest predicted training "
         "memory of a trained device per tier (its budget in brackets).",
-        "",
-        *_table(header, rows),
-    ]
+        header,
+        rows,
+    )
 
 
 def _claims_section(data: Mapping[str, Any]) -> list[str]:
@@ -529,17 +524,16 @@ def _claims_section(data: Mapping[str, Any]) -> list[str]:
                      row["source"]])  # fmt: skip
     if not rows:
         return []
-    return [
-        "## Claims against their thresholds",
-        "",
+    return _section(
+        "Claims against their thresholds",
         "Each claim of docs/methods.md §8 that this comparison's entries allow: the geometric "
         "mean over the paired seeds where both reached, its bootstrap 95% interval and the seed "
         "count, on the host clock and re-timed on the board clock (below). Met: the whole "
         "interval is on the claimed side of the threshold; missed: it is wholly on the other; "
         "undecided: it straddles the threshold (the protocol's cue to add seeds).",
-        "",
-        *_table(["claim", "target", "host clock", "board clock", "threshold", "source"], rows),
-    ]
+        ["claim", "target", "host clock", "board clock", "threshold", "source"],
+        rows,
+    )
 
 
 def _memory_section(data: Mapping[str, Any]) -> list[str]:
