@@ -314,42 +314,36 @@ def _run_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     def mib(values: Mapping[str, int], tier: str) -> str:
         return f"{values[tier] / MIB:.1f}" if tier in values else NO_VALUE
 
-    lines += [
-        "## Peak memory per tier (MiB)",
-        "",
+    lines += _section(
+        "Peak memory per tier (MiB)",
         "The largest predicted training memory of a trained device of the tier over every seed "
         "(the cost model's, from the run records), under the tier's memory budget.",
-        "",
-        *_table(
-            ["label", *tiers],
-            [
-                ["budget", *(mib(budgets, t) for t in tiers)],
-                *([r["label"], *(mib(r["peak_memory_bytes"], t) for t in tiers)] for r in runs),
-            ],
-        ),
-        "## Device-rounds",
-        "",
+        ["label", *tiers],
+        [
+            ["budget", *(mib(budgets, t) for t in tiers)],
+            *([r["label"], *(mib(r["peak_memory_bytes"], t) for t in tiers)] for r in runs),
+        ],
+    )
+    lines += _section(
+        "Device-rounds",
         "Per seed, in seed order: devices that trained and were aggregated, sampled devices that "
         "sat out, and trained device-rounds that quantized at least one block's saved "
         "activations, or whose records say they trained over their memory budget "
         "(planner.infeasible = 'ignore') or with checkpointed blocks; records written before "
         "those fields existed count 0.",
-        "",
-        *_table(
-            ["label", "trained", "sat out", "quantized", "over budget", "checkpointed"],
+        ["label", "trained", "sat out", "quantized", "over budget", "checkpointed"],
+        [
             [
-                [
-                    r["label"],
-                    *(
-                        _per_seed(r[f"device_rounds_{k}"], str)
-                        for k in ("trained", "sat_out", *RECORD_FLAGS)
-                    ),
-                ]
-                for r in runs
-            ],
-        ),
-        *_configs_section(runs, tiers),
-    ]
+                r["label"],
+                *(
+                    _per_seed(r[f"device_rounds_{k}"], str)
+                    for k in ("trained", "sat_out", *RECORD_FLAGS)
+                ),
+            ]
+            for r in runs
+        ],
+    )
+    lines += _configs_section(runs, tiers)
     return lines
 
 
