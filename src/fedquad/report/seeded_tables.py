@@ -18,8 +18,8 @@ ROUND_COLUMNS = 10
 """Rounds the learning-per-round table shows at most."""
 
 
-def _num(value: float | None, fmt: str) -> str:
-    return NOT_REACHED if value is None else format(value, fmt)
+def _num(value: float | None, fmt: str, scale: float = 1.0) -> str:
+    return NOT_REACHED if value is None else format(value / scale, fmt)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -51,13 +51,12 @@ def _reached_table(
     rows = []
     for item in data["labels"]:
         v = item[key]
-        gm = v["geometric_mean"]
         rows.append(
             [
                 item["label"] + (mark or {}).get(item["label"], ""),
                 f"{v['reached']} of {v['seeds']}",
-                NOT_REACHED if gm is None else format(gm / scale, fmt),
-                *(NOT_REACHED if x is None else format(x / scale, fmt) for x in v["per_seed"]),
+                _num(v["geometric_mean"], fmt, scale),
+                *(_num(x, fmt, scale) for x in v["per_seed"]),
             ]
         )
     return _table(header, rows)
@@ -73,8 +72,8 @@ def _pace_table(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
             [
                 item["label"],
                 f"{p['reached']} of {p['seeds']}",
-                NOT_REACHED if rounds is None else f"{rounds:.1f}",
-                NOT_REACHED if pace is None else f"{pace:.1f}",
+                _num(rounds, ".1f"),
+                _num(pace, ".1f"),
                 *(
                     NOT_REACHED if t is None else f"{r:.0f} ({t:.1f})"
                     for r, t in zip(
@@ -446,11 +445,8 @@ def _glance_section(data: Mapping[str, Any]) -> list[str]:
     tiers, budgets = _tiers_and_budgets(data["runs"])
 
     def reached(summary: Mapping[str, Any], scale: float, fmt: str) -> str:
-        gm = summary["geometric_mean"]
-        if gm is None:
-            return NOT_REACHED
-        cell = format(gm / scale, fmt)
-        if summary["reached"] < summary["seeds"]:
+        cell = _num(summary["geometric_mean"], fmt, scale)
+        if summary["geometric_mean"] is not None and summary["reached"] < summary["seeds"]:
             cell += f" ({summary['reached']} of {summary['seeds']})"
         return cell
 
