@@ -266,6 +266,31 @@ def test_the_report_sums_up_each_entry_at_the_primary_target(tmp_path):
     assert "| fedlora-slow | 12 (1 of 2) | 3.0 × 4.0 |" in glance
 
 
+def test_the_report_pairs_the_entries_under_test_with_each_other(tmp_path):
+    _fake_comparison(tmp_path / "one", CURVES)
+    write_report(tmp_path / "one")
+    assert "between the entries under test" not in (tmp_path / "one" / "comparison.md").read_text()
+    # legend crosses 0.7 at round 3 in seed 0 at 0.5 s a round, and never in seed 1
+    legend = {0: ([0.6, 0.7, 0.8, 0.9], 0.5), 1: ([0.5] * 4, 0.5)}
+    _fake_comparison(tmp_path / "two", {**CURVES, "legend": legend})
+    data = write_report(tmp_path / "two")
+    low = {item["label"]: item for item in data["per_target"][0]["labels"]}  # 0.7
+    assert "speedups_between_entries" not in low["fedlora"]  # baselines: over baselines only
+    (fedquad_over,) = low["fedquad"]["speedups_between_entries"]
+    (legend_over,) = low["legend"]["speedups_between_entries"]
+    assert (fedquad_over["over"], legend_over["over"]) == ("legend", "fedquad")
+    assert fedquad_over["per_seed"] == [0.5, None] and legend_over["per_seed"] == [2.0, None]
+    assert (legend_over["both"], legend_over["only_other"]) == (1, 1)
+    assert [s["over"] for s in low["legend"]["speedups"]] == [
+        "fedlora",
+        "fedlora-slow",
+        "best baseline (fedlora-slow)",
+    ]
+    md = (tmp_path / "two" / "comparison.md").read_text()
+    section = md[md.index("### Speed-up between the entries under test") :]
+    assert "| legend | fedquad | 2.00× | — | 1 | 1 / 0 / 1 / 0 | 2.00× | not reached |" in section
+
+
 def test_the_report_counts_each_tiers_depths_and_quantized_blocks(tmp_path):
     _fake_comparison(tmp_path / "c", CURVES)
     run = tmp_path / "c" / "fedquad" / "seed-1"

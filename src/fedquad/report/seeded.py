@@ -235,7 +235,8 @@ def _per_target(
     with_bytes: bool = True,
 ) -> list[dict[str, Any]]:
     """Per target: each label's time (and bytes) to target and its paired ratios against every
-    baseline and the best one."""
+    baseline and the best one; for an entry under test, also its speed-up over every other entry
+    under test (LEGEND over FedQuad, joint over each)."""
     blocks = []
     for target in targets:
         crossed = {a.label: _crossed(metrics[a.label], target) for a in arms}
@@ -258,6 +259,12 @@ def _per_target(
                 _speedup_json(name, paired_speedup(times[arm.label], times[b]))
                 for name, b in others
             ]
+            if not arm.baseline:
+                item["speedups_between_entries"] = [
+                    _speedup_json(o.label, paired_speedup(times[arm.label], times[o.label]))
+                    for o in arms
+                    if not o.baseline and o.label != arm.label
+                ]
             if with_bytes:
                 item["bytes_ratios"] = [
                     _speedup_json(name, paired_bytes(nbytes[arm.label], nbytes[b]))

@@ -92,8 +92,9 @@ def _ratio_table(
     seeds: Sequence[int],
     mark: Mapping[str, str] | None = None,
     change: bool = False,
+    empty: str = "No baseline to compare with.",
 ) -> list[str]:
-    """One row per (label, baseline): the paired ratio's geometric mean, interval, counts and
+    """One row per (label, other): the paired ratio's geometric mean, interval, counts and
     every seed's ratio (``change``: with the mean as a percentage change too)."""
     header = [
         "label",
@@ -108,7 +109,7 @@ def _ratio_table(
     mark = mark or {}
     rows = []
     for item in data["labels"]:
-        for s in item[key]:
+        for s in item.get(key, []):
             interval, gm = s["interval_95"], s["geometric_mean"]
             over = s["over"]
             base = over.split("(")[-1].rstrip(")") if over.startswith(BEST) else over
@@ -124,13 +125,29 @@ def _ratio_table(
                     *(NOT_REACHED if r is None else f"{r:.2f}×" for r in s["per_seed"]),
                 ]
             )
-    return _table(header, rows) if rows else ["No baseline to compare with.", ""]
+    return _table(header, rows) if rows else [empty, ""]
 
 
 def _speedup_table(
     data: Mapping[str, Any], seeds: Sequence[int], mark: Mapping[str, str] | None = None
 ) -> list[str]:
     return _ratio_table(data, "speedups", "speed-up", seeds, mark)
+
+
+def _between_entries_section(
+    title: str, data: Mapping[str, Any], seeds: Sequence[int], mark: Mapping[str, str] | None = None
+) -> list[str]:
+    """The entries under test against each other (both directions, so that each reads as
+    "X over Y"); nothing where fewer than two are under test."""
+    if not any(item.get("speedups_between_entries") for item in data["labels"]):
+        return []
+    return [
+        title,
+        "",
+        "Each entry under test over each other one, paired as over a baseline.",
+        "",
+        *_ratio_table(data, "speedups_between_entries", "speed-up", seeds, mark),
+    ]
 
 
 def _per_seed(values: Sequence[Any], fmt: Callable[[Any], str]) -> str:
@@ -158,6 +175,7 @@ def _host_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
             "### Speed-up",
             "",
             *_speedup_table(block, seeds),
+            *_between_entries_section("### Speed-up between the entries under test", block, seeds),
             "### Bytes to target (MB, up + down)",
             "",
             *_reached_table(block, "bytes_to_target", 1e6, ".2f", "MB", seeds),
@@ -233,6 +251,12 @@ def _board_sections(data: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
             f"### Target {target}: speed-up on the board clock",
             "",
             *_speedup_table(block, seeds, mark),
+            *_between_entries_section(
+                f"### Target {target}: speed-up between the entries under test, board clock",
+                block,
+                seeds,
+                mark,
+            ),
         ]
     return lines
 
