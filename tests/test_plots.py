@@ -332,3 +332,7 @@ def test_seed_band_plot_explains_itself_and_rebuilds_byte_identically(tmp_path):
         "seeds 0, 1",
     ):
         assert part in title
+    assert fig.axes[0].get_xlabel() == "virtual time (s)"
+    board = plots.figure_seed_bands(read_runs(out).metrics, [0.65], infos, clock="board")
+    assert board.axes[0].get_xlabel() == "board virtual time (s)"
+    assert board.axes[0].get_title().startswith("Test accuracy against board virtual time")

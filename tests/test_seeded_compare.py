@@ -343,6 +343,7 @@ def test_report_rebuilds_byte_identically(tmp_path, capsys):
     write_report(tmp_path / "c")
     first = {n: (tmp_path / "c" / n).read_bytes() for n in ("comparison.md", "comparison.json")}
     (tmp_path / "c" / "comparison.md").unlink()
+    (tmp_path / "c" / "accuracy_board.png").write_bytes(b"from runs since replaced")
     assert main(["report", str(tmp_path / "c")]) == 0
     for name, content in first.items():
         assert (tmp_path / "c" / name).read_bytes() == content
@@ -351,6 +352,9 @@ def test_report_rebuilds_byte_identically(tmp_path, capsys):
     assert "| 1 / 1 / 0 / 0 |" in md.replace(" | 2.00× | not reached |", " |")
     assert (tmp_path / "c" / "accuracy.png").read_bytes().startswith(b"\x89PNG")
     assert "Code: seeds 0, 1 at commit abc (each seed's runs at one commit)." in md
+    # these runs keep no cost profiles, so no board clock: an old board plot would mislead
+    assert not (tmp_path / "c" / "accuracy_board.png").exists()
+    assert "accuracy.png rebuilt" in capsys.readouterr().out
 
 
 def test_a_report_names_each_seeds_commit(tmp_path):
@@ -532,6 +536,8 @@ def test_tiny_comparison_end_to_end_and_resumed(tmp_path, capsys):
     data = json.loads(report["comparison.json"])
     assert [e["label"] for e in data["entries"]] == ["fedlora", "fedlora-rank4"]
     assert data["per_target"][1]["labels"][0]["time_to_target_seconds"]["reached"] == 0
+    assert data["board_clock"]["available"]  # the runs keep what re-timing needs
+    assert (out / "accuracy_board.png").read_bytes().startswith(b"\x89PNG")
     stamps = {run: (run / "summary.json").stat().st_mtime_ns for run in runs}
     # seed by seed, so that a comparison stopped early still holds paired seeds
     assert sorted(runs, key=stamps.__getitem__) == [runs[0], runs[2], runs[1], runs[3]]

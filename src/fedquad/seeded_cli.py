@@ -61,10 +61,11 @@ def seeded_compare(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from fedquad.report.seeded import write_report
+    from fedquad.report.seeded import BOARD_PLOT, write_report
 
     data = write_report(args.dir, interim=args.interim)
     seeds = ",".join(map(str, data["seeds"]))
     interim = "" if data["seeds"] == data["planned_seeds"] else f" over seeds {seeds} (interim)"
-    print(f"comparison.md, comparison.json and accuracy.png rebuilt in {args.dir}{interim}")
+    plots = "accuracy.png" + (f" and {BOARD_PLOT}" if data["board_clock"]["available"] else "")
+    print(f"comparison.md, comparison.json, {plots} rebuilt in {args.dir}{interim}")
     return 0

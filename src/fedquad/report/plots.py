@@ -326,10 +326,12 @@ def figure_seed_bands(
     runs: Mapping[str, Mapping[int, Metrics]],
     targets: Sequence[float],
     infos: Iterable[RunInfo] = (),
+    clock: str = "",
 ) -> Figure:
     """Each label's test accuracy against virtual time over its seeds: the median, step-wise
     between evaluations, with a min–max band, on one grid for every label; targets and the
-    majority class as lines. Labels whose runs coincide seed by seed get distinct line styles."""
+    majority class as lines. Labels whose runs coincide seed by seed get distinct line styles.
+    ``clock`` names another clock than the runs' own (``"board"``: runs re-timed)."""
     infos = list(infos)
     curves = {
         label: [accuracy_curve(m) for m in by_seed.values()] for label, by_seed in runs.items()
@@ -362,9 +364,10 @@ def figure_seed_bands(
         ax.axhline(target, color="black", linestyle="--", linewidth=0.8, label=label)
     _majority(ax, infos)
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
-    ax.set_xlabel("virtual time (s)")
+    time = f"{clock} virtual time" if clock else "virtual time"
+    ax.set_xlabel(f"{time} (s)")
     ax.set_ylabel("test accuracy (median, min–max over seeds)")
-    ax.set_title(_title("Test accuracy against virtual time over seeds", describe(infos, seeds)))
+    ax.set_title(_title(f"Test accuracy against {time} over seeds", describe(infos, seeds)))
     ax.grid(alpha=0.3)
     _legend(ax, notes)
     return fig
@@ -375,5 +378,6 @@ def plot_seed_bands(
     targets: Sequence[float],
     path: Path,
     infos: Iterable[RunInfo] = (),
+    clock: str = "",
 ) -> Path:
-    return save(figure_seed_bands(runs, targets, infos), path)
+    return save(figure_seed_bands(runs, targets, infos, clock), path)

@@ -3,7 +3,8 @@
 Reads ``plan.json`` (entries, seeds, targets, budgets), every run's ``metrics.jsonl`` under
 ``<label>/seed-<s>/`` with, where they are kept, its ``cost_profile.json``, ``fleet.toml`` and
 ``config.toml`` (the board clock and the memory claim need them), and ``memory_measured.json``
-if present; writes ``comparison.md``, ``comparison.json`` and ``accuracy.png``. Nothing here
+if present; writes ``comparison.md``, ``comparison.json``, ``accuracy.png`` and, with the board
+clock, ``accuracy_board.png``. Nothing here
 depends on the host or on time: the same runs give byte-identical tables, so ``fedquad report
 DIR`` rebuilds them anywhere.
 """
@@ -47,6 +48,7 @@ from fedquad.report.stats import (
 )
 
 REPORT_SCHEMA = 1
+BOARD_PLOT = "accuracy_board.png"
 PLAN_FILE = "plan.json"
 PLAN_SCHEMA = 1
 
@@ -411,11 +413,18 @@ def _claims(
 
 def report_data(runs: SeededRuns) -> dict[str, Any]:
     """Everything the tables show, as JSON-ready data (``null``: not reached)."""
+    return _report_and_board_metrics(runs)[0]
+
+
+def _report_and_board_metrics(
+    runs: SeededRuns,
+) -> tuple[dict[str, Any], dict[str, dict[int, Metrics]] | None]:
+    """The report's data and the runs re-timed on the board clock (``None``: not available)."""
     baselines = [a.label for a in runs.arms if a.baseline]
     board = _board_clock(runs, baselines)
     board_metrics = board.pop("metrics", None)
     memory = _memory_claim(runs)
-    return {
+    data = {
         "schema": REPORT_SCHEMA,
         "seeds": runs.seeds,
         "planned_seeds": runs.planned_seeds or runs.seeds,
@@ -434,6 +443,7 @@ def report_data(runs: SeededRuns) -> dict[str, Any]:
         "memory_claim": memory,
         "claims": _claims(runs, board_metrics, baselines, memory),
     }
+    return data, board_metrics
 
 
 def _flagged(metrics: Metrics, key: str) -> int:
@@ -505,16 +515,22 @@ def _present(values: Sequence[float | None]) -> int:
 
 
 def write_report(out: str | Path, interim: bool = False) -> dict[str, Any]:
-    """Write ``comparison.md``, ``comparison.json`` and ``accuracy.png`` into ``out`` (with
-    ``interim``, over the seeds finished so far: see ``read_runs``)."""
+    """Write ``comparison.md``, ``comparison.json``, ``accuracy.png`` and, where the runs can be
+    re-timed, ``accuracy_board.png`` into ``out`` (with ``interim``, over the seeds finished so
+    far: see ``read_runs``)."""
     from fedquad.report.plots import plot_seed_bands
     from fedquad.report.run_info import read_run_info
 
     out = Path(out)
     runs = read_runs(out, interim)
-    data = report_data(runs)
+    data, board_metrics = _report_and_board_metrics(runs)
     atomic_write_text(out / "comparison.json", json.dumps(data, indent=2) + "\n")
     atomic_write_text(out / "comparison.md", markdown(data))
     infos = [read_run_info(run_dir(out, a.label, s)) for a in runs.arms for s in runs.seeds]
     plot_seed_bands(runs.metrics, runs.targets, out / "accuracy.png", infos)
+    board_plot = out / BOARD_PLOT
+    if board_metrics is None:
+        board_plot.unlink(missing_ok=True)  # an earlier report's, of runs no longer re-timed
+    else:
+        plot_seed_bands(board_metrics, runs.targets, board_plot, infos, clock="board")
     return data
