@@ -92,7 +92,6 @@ def _ratio_table(
     seeds: Sequence[int],
     mark: Mapping[str, str] | None = None,
     change: bool = False,
-    empty: str = "No baseline to compare with.",
 ) -> list[str]:
     """One row per (label, other): the paired ratio's geometric mean, interval, counts and
     every seed's ratio (``change``: with the mean as a percentage change too)."""
@@ -125,7 +124,7 @@ def _ratio_table(
                     *(NOT_REACHED if r is None else f"{r:.2f}×" for r in s["per_seed"]),
                 ]
             )
-    return _table(header, rows) if rows else [empty, ""]
+    return _table(header, rows) if rows else ["No baseline to compare with.", ""]
 
 
 def _speedup_table(
