@@ -13,6 +13,7 @@ import pytest
 from fedquad.cli import main
 from fedquad.config import load_config
 from fedquad.errors import FedquadError
+from fedquad.report.claims import primary_target
 from fedquad.report.seeded import (
     PLAN_FILE,
     read_runs,
@@ -20,7 +21,7 @@ from fedquad.report.seeded import (
     stored_seed_commits,
     write_report,
 )
-from fedquad.report.seeded_tables import primary_target, shown_rounds
+from fedquad.report.seeded_tables import shown_rounds
 from fedquad.seeded_compare import (
     Entry,
     Plan,
@@ -289,6 +290,26 @@ def test_the_report_pairs_the_entries_under_test_with_each_other(tmp_path):
     md = (tmp_path / "two" / "comparison.md").read_text()
     section = md[md.index("### Speed-up between the entries under test") :]
     assert "| legend | fedquad | 2.00× | — | 1 | 1 / 0 / 1 / 0 | 2.00× | not reached |" in section
+
+
+def test_the_report_follows_each_claim_as_seeds_were_added(tmp_path):
+    _fake_comparison(tmp_path / "two", CURVES)
+    assert write_report(tmp_path / "two")["claims_by_seed_count"] is None  # 2 seeds: no stages
+    # fedquad is 2x fedlora in seeds 0-2 and 0.5x in seed 3: met at 3 seeds, undecided at 4
+    curve = [0.6, 0.7, 0.8, 0.9]
+    fedlora = {s: (curve, 2.0) for s in range(3)} | {3: (curve, 0.5)}
+    four = {"fedquad": {s: (curve, 1.0) for s in range(4)}, "fedlora": fedlora}
+    _fake_comparison(tmp_path / "four", four)
+    found = write_report(tmp_path / "four")["claims_by_seed_count"]
+    assert found["target_accuracy"] == 0.7 and found["seed_counts"] == [3, 4]
+    (row,) = [r for r in found["rows"] if r["claim"] == "FedQuad over fedlora"]
+    three, all_four = row["by_seed_count"]["3"], row["by_seed_count"]["4"]
+    assert (three["value"], three["interval_95"], three["verdict"]) == (2.0, [2.0, 2.0], "met")
+    assert all_four["value"] == pytest.approx(4**0.25) and all_four["verdict"] == "undecided"
+    md = (tmp_path / "four" / "comparison.md").read_text()
+    section = md[md.index("## Claims at 0.70 as seeds were added") :]
+    assert "| claim | clock | 3 seeds | 4 seeds |" in section
+    assert "| FedQuad over fedlora | host | 2.00× (2.00–2.00) met | 1.41× (" in section
 
 
 def test_the_report_counts_each_tiers_depths_and_quantized_blocks(tmp_path):

@@ -45,6 +45,13 @@ MEMORY = Claim(
 )
 
 
+def primary_target(targets: Sequence[float]) -> float:
+    """The target a comparison is summed up at: the middle one (docs/methods.md §8 fixes 0.78,
+    0.80 as the primary, 0.82), the lower of the two middle ones for an even count."""
+    ordered = sorted(targets)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def verdict(interval: Sequence[float] | None, claim: Claim) -> str:
     if claim.threshold is None:
         return "—"

@@ -51,6 +51,9 @@ REPORT_SCHEMA = 1
 BOARD_PLOT = "accuracy_board.png"
 PLAN_FILE = "plan.json"
 PLAN_SCHEMA = 1
+FEWEST_SEEDS_SHOWN = 3
+"""The fewest first seeds the claims-by-seed-count table starts from: an interval over two
+paired ratios says next to nothing."""
 
 
 @dataclass(frozen=True)
@@ -411,6 +414,50 @@ def _claims(
     return {"per_target": per_target, "memory": claims.memory_claims(memory)}
 
 
+def _claims_by_seed_count(
+    runs: SeededRuns,
+    board_metrics: Mapping[str, Mapping[int, Metrics]] | None,
+    baselines: Sequence[str],
+) -> dict[str, Any] | None:
+    """The primary target's claims over the first k seeds, for each k from ``FEWEST_SEEDS_SHOWN``
+    to all: how the figures moved as an escalated comparison added seeds (docs/methods.md §8).
+    ``None`` where there is only one such count."""
+    counts = list(range(FEWEST_SEEDS_SHOWN, len(runs.seeds) + 1))
+    if len(counts) < 2:
+        return None
+    target = claims.primary_target(runs.targets)
+    methods = {a.label: a.method for a in runs.arms}
+    clocks = {"host": runs.metrics, "board": board_metrics}
+    crossed = {
+        clock: {a.label: _crossed(metrics[a.label], target) for a in runs.arms}
+        for clock, metrics in clocks.items()
+        if metrics is not None
+    }
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def keep(clock: str, found: list[dict[str, Any]], k: int) -> None:
+        for row in found:  # keyed by its text: a best baseline that changes gets its own row
+            entry = rows.setdefault(
+                (clock, row["claim"]),
+                {"claim": row["claim"], "clock": clock, "threshold": row["threshold"],
+                 "lower_is_better": row["lower_is_better"], "by_seed_count": {}},
+            )  # fmt: skip
+            entry["by_seed_count"][str(k)] = {
+                key: row[key] for key in ("value", "interval_95", "seeds", "verdict")
+            }
+
+    for k in counts:
+        first = set(runs.seeds[:k])
+        for clock, by_label in crossed.items():
+            kept = {lb: {s: c for s, c in by.items() if s in first} for lb, by in by_label.items()}
+            times = {lb: _seconds(c) for lb, c in kept.items()}
+            keep(clock, claims.time_claims(methods, baselines, times), k)
+            if clock == "host":  # bytes are the host clock's on both
+                nbytes = {lb: _byte_counts(c) for lb, c in kept.items()}
+                keep(clock, claims.bytes_claims(methods, nbytes), k)
+    return {"target_accuracy": target, "seed_counts": counts, "rows": list(rows.values())}
+
+
 def report_data(runs: SeededRuns) -> dict[str, Any]:
     """Everything the tables show, as JSON-ready data (``null``: not reached)."""
     return _report_and_board_metrics(runs)[0]
@@ -442,6 +489,7 @@ def _report_and_board_metrics(
         "runs": [_runs_json(a.label, runs.metrics[a.label]) for a in runs.arms],
         "memory_claim": memory,
         "claims": _claims(runs, board_metrics, baselines, memory),
+        "claims_by_seed_count": _claims_by_seed_count(runs, board_metrics, baselines),
     }
     return data, board_metrics
 

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from fedquad.report.claims import primary_target
 from fedquad.report.compare import MIB, NO_VALUE, NOT_REACHED
 from fedquad.report.memory_claim import MEASURED_FILE
 from fedquad.report.results import RECORD_FLAGS
@@ -450,13 +451,6 @@ def _threshold(row: Mapping[str, Any]) -> str:
     return f"{'≤' if row['lower_is_better'] else '≥'} {row['threshold']:.2f}×"
 
 
-def primary_target(targets: Sequence[float]) -> float:
-    """The target a comparison is summed up at: the middle one (docs/methods.md §8 fixes 0.78,
-    0.80 as the primary, 0.82), the lower of the two middle ones for an even count."""
-    ordered = sorted(targets)
-    return ordered[(len(ordered) - 1) // 2]
-
-
 def _glance_section(data: Mapping[str, Any]) -> list[str]:
     """One row per entry at the primary target: the figures a results page quotes side by side,
     each taken from the fuller tables below."""
@@ -516,6 +510,44 @@ def _glance_section(data: Mapping[str, Any]) -> list[str]:
         "memory of a trained device per tier (its budget in brackets).",
         header,
         rows,
+    )
+
+
+def _by_seed_count_cell(cell: Mapping[str, Any] | None, count: int) -> str:
+    if cell is None:
+        return NO_VALUE
+    if cell["value"] is None:
+        return f"{NOT_REACHED} in any seed"
+    text = f"{cell['value']:.2f}×"
+    if cell["interval_95"] is not None:
+        low, high = cell["interval_95"]
+        text += f" ({low:.2f}–{high:.2f})"
+    if cell["seeds"] < count:
+        text += f", {cell['seeds']} of {count} seeds"
+    return f"{text} {cell['verdict']}"
+
+
+def _by_seed_count_section(data: Mapping[str, Any]) -> list[str]:
+    found = data.get("claims_by_seed_count")
+    if not found:
+        return []
+    counts = found["seed_counts"]
+    seeds = data["seeds"]
+    return _section(
+        f"Claims at {found['target_accuracy']:.2f} as seeds were added",
+        "Each claim at the primary target over the first k seeds in the comparison's order ("
+        f"{', '.join(map(str, seeds))}), for every k from {counts[0]}: the figures an "
+        "escalation (docs/methods.md §8) saw at each stage, read as in the claims table. The "
+        "last column is the claims table's.",
+        ["claim", "clock", *(f"{k} seeds" for k in counts)],
+        [
+            [
+                row["claim"],
+                row["clock"],
+                *(_by_seed_count_cell(row["by_seed_count"].get(str(k)), k) for k in counts),
+            ]
+            for row in found["rows"]
+        ],
     )
 
 
@@ -687,6 +719,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         "",
         *_claims_section(data),
         *_glance_section(data),
+        *_by_seed_count_section(data),
         *_host_sections(data, seeds),
         *_board_sections(data, seeds),
         *_budget_section(data, seeds),
