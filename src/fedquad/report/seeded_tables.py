@@ -429,15 +429,20 @@ def _configs_section(runs: Sequence[Mapping[str, Any]], tiers: Sequence[str]) ->
     )
 
 
+def _ratio_and_interval(row: Mapping[str, Any]) -> str:
+    text = f"{row['value']:.2f}×"
+    if row["interval_95"] is not None:
+        low, high = row["interval_95"]
+        text += f" ({low:.2f}–{high:.2f})"
+    return text
+
+
 def _claim_cell(row: Mapping[str, Any] | None, named: str | None = None) -> str:
     if row is None:
         return NO_VALUE
     if row["value"] is None:
         return f"{NOT_REACHED} in any seed"
-    cell = f"{row['value']:.2f}×"
-    if row["interval_95"] is not None:
-        low, high = row["interval_95"]
-        cell += f" ({low:.2f}–{high:.2f})"
+    cell = _ratio_and_interval(row)
     if "seeds" in row:
         cell += f", {row['seeds']} of {row['of_seeds']} seeds"
     if named is not None and row["over"] != named:
@@ -518,10 +523,7 @@ def _by_seed_count_cell(cell: Mapping[str, Any] | None, count: int) -> str:
         return NO_VALUE
     if cell["value"] is None:
         return f"{NOT_REACHED} in any seed"
-    text = f"{cell['value']:.2f}×"
-    if cell["interval_95"] is not None:
-        low, high = cell["interval_95"]
-        text += f" ({low:.2f}–{high:.2f})"
+    text = _ratio_and_interval(cell)
     if cell["seeds"] < count:
         text += f", {cell['seeds']} of {count} seeds"
     return f"{text} {cell['verdict']}"
