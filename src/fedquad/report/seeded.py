@@ -183,14 +183,6 @@ def _byte_counts(crossed: Mapping[int, Crossing | None]) -> dict[int, float | No
     return _values(crossed, lambda c: float(c.bytes))
 
 
-def _times(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None]:
-    return _seconds(_crossed(runs, target))
-
-
-def _bytes(runs: Mapping[int, Metrics], target: float) -> dict[int, float | None]:
-    return _byte_counts(_crossed(runs, target))
-
-
 def _pace(crossed: Mapping[int, Crossing | None]) -> dict[str, Any]:
     """How a time to target splits into rounds and seconds per round: each seed's crossing
     round, and the mean virtual seconds of the rounds up to it (time to target / rounds)."""
@@ -397,21 +389,35 @@ def _claims(
     methods = {a.label: a.method for a in runs.arms}
     per_target = []
     for target in runs.targets:
-        host = {a.label: _times(runs.metrics[a.label], target) for a in runs.arms}
-        nbytes = {a.label: _bytes(runs.metrics[a.label], target) for a in runs.arms}
-        board = None
-        if board_metrics is not None:
-            board_times = {a.label: _times(board_metrics[a.label], target) for a in runs.arms}
-            board = claims.time_claims(methods, baselines, board_times)
+        host = _crossed_per_label(runs, runs.metrics, target)
+        board = None if board_metrics is None else _crossed_per_label(runs, board_metrics, target)
         per_target.append(
-            {
-                "target_accuracy": target,
-                "host": claims.time_claims(methods, baselines, host),
-                "board": board,
-                "bytes": claims.bytes_claims(methods, nbytes),
-            }
+            {"target_accuracy": target, **_claims_at(methods, baselines, host, board)}
         )
     return {"per_target": per_target, "memory": claims.memory_claims(memory)}
+
+
+def _crossed_per_label(
+    runs: SeededRuns, metrics: Mapping[str, Mapping[int, Metrics]], target: float
+) -> dict[str, dict[int, Crossing | None]]:
+    return {a.label: _crossed(metrics[a.label], target) for a in runs.arms}
+
+
+def _claims_at(
+    methods: Mapping[str, str],
+    baselines: Sequence[str],
+    host: Mapping[str, Mapping[int, Crossing | None]],
+    board: Mapping[str, Mapping[int, Crossing | None]] | None,
+) -> dict[str, Any]:
+    """The time claims on each clock and the bytes claims (the host clock's bytes serve both) at
+    one target, from each label's crossings of it."""
+    return {
+        "host": claims.time_claims(methods, baselines, {lb: _seconds(c) for lb, c in host.items()}),
+        "board": None
+        if board is None
+        else claims.time_claims(methods, baselines, {lb: _seconds(c) for lb, c in board.items()}),
+        "bytes": claims.bytes_claims(methods, {lb: _byte_counts(c) for lb, c in host.items()}),
+    }
 
 
 def _claims_by_seed_count(
@@ -427,12 +433,8 @@ def _claims_by_seed_count(
         return None
     target = claims.primary_target(runs.targets)
     methods = {a.label: a.method for a in runs.arms}
-    clocks = {"host": runs.metrics, "board": board_metrics}
-    crossed = {
-        clock: {a.label: _crossed(metrics[a.label], target) for a in runs.arms}
-        for clock, metrics in clocks.items()
-        if metrics is not None
-    }
+    host = _crossed_per_label(runs, runs.metrics, target)
+    board = None if board_metrics is None else _crossed_per_label(runs, board_metrics, target)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
 
     def keep(clock: str, found: list[dict[str, Any]], k: int) -> None:
@@ -446,15 +448,15 @@ def _claims_by_seed_count(
                 key: row[key] for key in ("value", "interval_95", "seeds", "verdict")
             }
 
+    def first(k: int, crossed: Mapping[str, Mapping[int, Crossing | None]]) -> dict[str, Any]:
+        kept = set(runs.seeds[:k])
+        return {lb: {s: c for s, c in by.items() if s in kept} for lb, by in crossed.items()}
+
     for k in counts:
-        first = set(runs.seeds[:k])
-        for clock, by_label in crossed.items():
-            kept = {lb: {s: c for s, c in by.items() if s in first} for lb, by in by_label.items()}
-            times = {lb: _seconds(c) for lb, c in kept.items()}
-            keep(clock, claims.time_claims(methods, baselines, times), k)
-            if clock == "host":  # bytes are the host clock's on both
-                nbytes = {lb: _byte_counts(c) for lb, c in kept.items()}
-                keep(clock, claims.bytes_claims(methods, nbytes), k)
+        on_board = None if board is None else first(k, board)
+        found = _claims_at(methods, baselines, first(k, host), on_board)
+        keep("host", found["host"] + found["bytes"], k)
+        keep("board", found["board"] or [], k)
     return {"target_accuracy": target, "seed_counts": counts, "rows": list(rows.values())}
 
 
