@@ -176,11 +176,16 @@ def _record(r: int, accuracy: float, seconds: float, sat_out: int = 0) -> dict[s
     }
 
 
-def _fake_comparison(out: Path, curves: dict[str, dict[int, tuple[list[float], float]]]) -> None:
-    """``curves``: label -> seed -> (accuracy per round, seconds per round); the method is the
-    label's part before any ``-``."""
+def _fake_comparison(
+    out: Path,
+    curves: dict[str, dict[int, tuple[list[float], float]]],
+    methods: dict[str, str] | None = None,
+) -> None:
+    """``curves``: label -> seed -> (accuracy per round, seconds per round); the method is
+    ``methods[label]`` where given, else the label's part before any ``-``."""
+    methods = methods or {}
     plan = Plan(
-        [Entry(label, label.split("-")[0]) for label in curves],
+        [Entry(label, methods.get(label, label.split("-")[0])) for label in curves],
         sorted(next(iter(curves.values()))),
         [0.7, 0.9],
     )
@@ -310,6 +315,22 @@ def test_the_report_follows_each_claim_as_seeds_were_added(tmp_path):
     section = md[md.index("## Claims at 0.70 as seeds were added") :]
     assert "| claim | clock | 3 seeds | 4 seeds |" in section
     assert "| FedQuad over fedlora | host | 2.00× (2.00–2.00) met | 1.41× (" in section
+
+
+def test_a_claim_without_threshold_shows_its_figure_and_no_verdict(tmp_path):
+    curve = [0.6, 0.7, 0.8, 0.9]
+    curves = {
+        "fedquad": {s: (curve, 1.0) for s in range(4)},
+        "fedlora": {s: (curve, 2.0) for s in range(4)},
+        "noquant": {s: (curve, 1.5) for s in range(4)},
+    }
+    _fake_comparison(tmp_path / "c", curves, {"noquant": "fedquad-noquant"})
+    write_report(tmp_path / "c")
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    claim = "| FedQuad over noquant (what quantization buys) |"
+    rows = [line for line in md.splitlines() if line.startswith(claim)]
+    assert f"{claim} 0.7000 | 1.50× (1.50–1.50), 4 of 4 seeds | — | — | — |" in rows
+    assert f"{claim} host | 1.50× (1.50–1.50) | 1.50× (1.50–1.50) |" in rows
 
 
 def test_the_report_counts_each_tiers_depths_and_quantized_blocks(tmp_path):

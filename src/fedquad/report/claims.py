@@ -21,6 +21,8 @@ Times = Mapping[int, float | None]
 """Per seed, a run's time (or bytes) to one target; ``None``: not reached."""
 
 MET, MISSED, UNDECIDED, NO_INTERVAL = "met", "missed", "undecided", "no interval"
+NO_THRESHOLD = "—"
+"""The verdict of a claim with no threshold: tables print its figure alone."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def primary_target(targets: Sequence[float]) -> float:
 
 def verdict(interval: Sequence[float] | None, claim: Claim) -> str:
     if claim.threshold is None:
-        return "—"
+        return NO_THRESHOLD
     if interval is None:
         return NO_INTERVAL
     low, high = interval

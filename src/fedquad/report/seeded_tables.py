@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fedquad.report.claims import primary_target
+from fedquad.report.claims import NO_THRESHOLD, primary_target
 from fedquad.report.compare import MIB, NO_VALUE, NOT_REACHED
 from fedquad.report.memory_claim import MEASURED_FILE
 from fedquad.report.results import RECORD_FLAGS
@@ -447,7 +447,7 @@ def _claim_cell(row: Mapping[str, Any] | None, named: str | None = None) -> str:
         cell += f", {row['seeds']} of {row['of_seeds']} seeds"
     if named is not None and row["over"] != named:
         cell += f" over {row['over']}"
-    return f"{cell}: {row['verdict']}"
+    return _with_verdict(cell, row["verdict"], ": ")
 
 
 def _threshold(row: Mapping[str, Any]) -> str:
@@ -526,7 +526,11 @@ def _by_seed_count_cell(cell: Mapping[str, Any] | None, count: int) -> str:
     text = _ratio_and_interval(cell)
     if cell["seeds"] < count:
         text += f", {cell['seeds']} of {count} seeds"
-    return f"{text} {cell['verdict']}"
+    return _with_verdict(text, cell["verdict"], " ")
+
+
+def _with_verdict(figure: str, verdict: str, separator: str) -> str:
+    return figure if verdict == NO_THRESHOLD else f"{figure}{separator}{verdict}"
 
 
 def _by_seed_count_section(data: Mapping[str, Any]) -> list[str]:
